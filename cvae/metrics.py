@@ -1,0 +1,225 @@
+"""The metrics of DESIGN.md §2: one name each, defined here, computed on fixed held-out conditions and latents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg, stats
+
+from cvae.data import NUM_CLASSES, Split, ThicknessStats, make_conditions, stratified_subset, thickness_of, white_ratio
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    mode: str  # "min" or "max": which direction is better
+    description: str
+
+
+_METRICS = [
+    Metric("loss", "min", "training loss (reconstruction + KL + weighted grey + L2), epoch mean"),
+    Metric("reconstruction", "min", "training sum of squared pixel errors per image"),
+    Metric("kl", "min", "training KL divergence per image"),
+    Metric("grey", "min", "training grey term per image (before weighting)"),
+    Metric("val_loss", "min", "held-out loss with this epoch's grey weight"),
+    Metric("val_reconstruction", "min", "held-out sum of squared pixel errors per image"),
+    Metric("val_kl", "min", "held-out KL divergence per image"),
+    Metric("val_grey", "min", "held-out grey term per image"),
+    Metric("class_accuracy", "max", "share of generated samples classified as the requested class"),
+    Metric("fid", "min", "Frechet distance of classifier features, generated vs real held-out"),
+    Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)"),
+    Metric("thickness_mae", "min", "mean abs. error of requested vs measured thickness (sweep)"),
+    Metric("class_parity", "min", "mean abs. difference of per-class relative stroke width, generated vs real"),
+    Metric("grey_fraction", "min", "share of ink pixels (>0.1) that are grey (0.1-0.9)"),
+    Metric("ink_w1", "min", "Wasserstein-1 distance of ink intensities, generated vs real"),
+    Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02"),
+]
+METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS}
+TRAIN_METRICS = ("loss", "reconstruction", "kl", "grey")
+VALIDATION_METRICS = tuple("val_" + name for name in TRAIN_METRICS)
+SAMPLE_METRICS = tuple(name for name in METRICS if name not in TRAIN_METRICS + VALIDATION_METRICS)
+
+INK_LEVEL = 0.1
+WHITE_LEVEL = 0.9
+SWEEP_THICKNESS = np.linspace(-1.0, 1.0, 9).astype(np.float32)
+
+
+# ---------------------------------------------------------------- per-image measurements
+
+
+def stroke_width(images: np.ndarray) -> np.ndarray:
+    """Ink area / skeleton length per image (pixels); NaN where there is no ink."""
+    from skimage.morphology import skeletonize
+
+    ink = images > 0.5
+    area = ink.reshape(len(ink), -1).sum(axis=1).astype(np.float64)
+    length = np.array([skeletonize(mask).sum() if mask.any() else 0 for mask in ink], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(length > 0, area / np.maximum(length, 1), np.nan)
+
+
+def relative_widths(widths: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per class: median stroke width / median of the other classes' medians (NaN if undefined)."""
+    medians = np.full(NUM_CLASSES, np.nan)
+    for digit in range(NUM_CLASSES):
+        values = widths[(labels == digit) & np.isfinite(widths)]
+        if len(values):
+            medians[digit] = np.median(values)
+    relative = np.full(NUM_CLASSES, np.nan)
+    for digit in range(NUM_CLASSES):
+        others = np.delete(medians, digit)
+        others = others[np.isfinite(others)]
+        if len(others) and np.median(others) > 0:
+            relative[digit] = medians[digit] / np.median(others)
+    return relative
+
+
+# ---------------------------------------------------------------- metrics on image sets
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets."""
+    mean_a, mean_b = features_a.mean(axis=0), features_b.mean(axis=0)
+    cov_a = np.cov(features_a, rowvar=False)
+    cov_b = np.cov(features_b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # near-singular product: regularise, as common FID code does
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
+
+
+def grey_fraction(images: np.ndarray) -> float:
+    """Share of ink pixels (> 0.1) that are grey (< 0.9); 0 when there is no ink at all."""
+    ink = images > INK_LEVEL
+    grey = ink & (images < WHITE_LEVEL)
+    return float(grey.sum() / max(ink.sum(), 1))
+
+
+def ink_w1(images: np.ndarray, real_images: np.ndarray) -> float:
+    """Wasserstein-1 between ink-pixel intensities; 1.0 (the maximum on [0, 1]) if one side has no ink."""
+    generated, real = images[images > INK_LEVEL], real_images[real_images > INK_LEVEL]
+    if not len(generated) or not len(real):
+        return 1.0
+    return float(stats.wasserstein_distance(generated, real))
+
+
+def collapse_rate(images: np.ndarray) -> float:
+    """Share of images that are effectively blank: max pixel < 0.5 or white ratio < 0.02."""
+    flat = images.reshape(len(images), -1)
+    return float(((flat.max(axis=1) < 0.5) | (white_ratio(images) < 0.02)).mean())
+
+
+def class_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
+    return float((predicted == requested).mean())
+
+
+def class_parity(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, real_relative: np.ndarray) -> float:
+    """Mean over groups (thickness values) and classes of |relative width generated - real|.
+
+    A class with no measurable stroke counts as relative width 0, so blank images score badly.
+    """
+    widths = stroke_width(images)
+    differences = []
+    for group in np.unique(groups):
+        members = groups == group
+        relative = np.nan_to_num(relative_widths(widths[members], labels[members]), nan=0.0)
+        present = np.isin(np.arange(NUM_CLASSES), labels[members]) & np.isfinite(real_relative)
+        differences.append(np.abs(relative - real_relative)[present])
+    return float(np.mean(np.concatenate(differences)))
+
+
+def thickness_agreement(requested: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """(Spearman correlation, mean abs. error); correlation 0 when the measurement is constant."""
+    if np.ptp(measured) == 0 or np.ptp(requested) == 0:
+        correlation = 0.0
+    else:
+        correlation = float(stats.spearmanr(requested, measured).statistic)
+    return correlation, float(np.mean(np.abs(requested - measured)))
+
+
+# ---------------------------------------------------------------- the fixed evaluation set
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Fixed conditions, latents and real references, identical for every trial with the same sizes."""
+
+    conditions: np.ndarray  # (eval_samples, 11) from held-out images
+    labels: np.ndarray
+    latents: np.ndarray  # (eval_samples, latent_dim)
+    sweep_conditions: np.ndarray  # (10 * 9 * sweep_latents, 11)
+    sweep_labels: np.ndarray
+    sweep_thickness: np.ndarray
+    sweep_latents: np.ndarray
+    real_images: np.ndarray  # the held-out images behind `conditions`
+    real_features: np.ndarray
+    real_relative: np.ndarray
+    stats: ThicknessStats
+
+
+def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, latent_dim: int,
+                        eval_samples: int, sweep_latents: int, eval_seed: int) -> EvaluationSet:
+    """Pick held-out conditions and draw latents with fixed seeds; measure the real references once."""
+    chosen = stratified_subset(held_out.labels, eval_samples, seed=eval_seed)
+    labels = held_out.labels[chosen]
+    real_images = held_out.images[chosen]
+    rng = np.random.default_rng(eval_seed)
+    latents = rng.standard_normal((len(chosen), latent_dim)).astype(np.float32)
+    # Sweep: each (class, latent) row is drawn at every thickness value, same latent across the row.
+    sweep_rng = np.random.default_rng(eval_seed + 1)
+    row_latents = sweep_rng.standard_normal((NUM_CLASSES * sweep_latents, latent_dim)).astype(np.float32)
+    row_labels = np.repeat(np.arange(NUM_CLASSES), sweep_latents)
+    sweep_labels = np.repeat(row_labels, len(SWEEP_THICKNESS))
+    sweep_thickness = np.tile(SWEEP_THICKNESS, len(row_labels))
+    real_features, _ = classifier.predict(real_images)
+    return EvaluationSet(
+        conditions=make_conditions(labels, held_out.thickness[chosen]),
+        labels=labels,
+        latents=latents,
+        sweep_conditions=make_conditions(sweep_labels, sweep_thickness),
+        sweep_labels=sweep_labels,
+        sweep_thickness=sweep_thickness,
+        sweep_latents=np.repeat(row_latents, len(SWEEP_THICKNESS), axis=0),
+        real_images=real_images,
+        real_features=real_features,
+        real_relative=relative_widths(stroke_width(held_out.images), held_out.labels),
+        stats=stats,
+    )
+
+
+def generate(decoder, latents: np.ndarray, conditions: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Decoder outputs clipped to [0, 1], shape (N, 28, 28)."""
+    outputs = [
+        np.asarray(decoder([latents[i : i + batch_size], conditions[i : i + batch_size]], training=False))
+        for i in range(0, len(latents), batch_size)
+    ]
+    return np.clip(np.concatenate(outputs)[..., 0].astype(np.float32), 0.0, 1.0)
+
+
+def image_metrics(images: np.ndarray, labels: np.ndarray, evaluation: EvaluationSet, classifier) -> dict[str, float]:
+    """class_accuracy, fid, grey_fraction, ink_w1, collapse_rate for images drawn for `labels`."""
+    features, predicted = classifier.predict(images)
+    return {
+        "class_accuracy": class_accuracy(predicted, labels),
+        "fid": frechet_distance(features, evaluation.real_features),
+        "grey_fraction": grey_fraction(images),
+        "ink_w1": ink_w1(images, evaluation.real_images),
+        "collapse_rate": collapse_rate(images),
+    }
+
+
+def sweep_metrics(images: np.ndarray, evaluation: EvaluationSet) -> dict[str, float]:
+    """thickness_corr, thickness_mae, class_parity for the thickness-sweep images."""
+    measured = thickness_of(images, evaluation.sweep_labels, evaluation.stats)
+    correlation, error = thickness_agreement(evaluation.sweep_thickness, measured)
+    parity = class_parity(images, evaluation.sweep_labels, evaluation.sweep_thickness, evaluation.real_relative)
+    return {"thickness_corr": correlation, "thickness_mae": error, "class_parity": parity}
+
+
+def evaluate_decoder(decoder, evaluation: EvaluationSet, classifier) -> dict[str, float]:
+    """Every sample metric of DESIGN.md §2 for one decoder."""
+    samples = generate(decoder, evaluation.latents, evaluation.conditions)
+    sweep = generate(decoder, evaluation.sweep_latents, evaluation.sweep_conditions)
+    return {**image_metrics(samples, evaluation.labels, evaluation, classifier), **sweep_metrics(sweep, evaluation)}

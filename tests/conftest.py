@@ -1,0 +1,39 @@
+"""Shared fixtures: a session-wide classifier cache and one tiny trained run reused by several tests."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep TensorFlow quiet and small before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def classifier_cache(tmp_path_factory):
+    """One classifier cache for the whole run (the classifier trains once, like on a user's machine)."""
+    folder = os.environ.get("CVAE_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("cvae-cache"))
+    os.environ["CVAE_CACHE_DIR"] = folder
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from cvae.config import TrialConfig
+
+    # A few hundred real digits, 2 epochs, grey loss switched on in epoch 2.
+    return TrialConfig(dataset="mnist-5k", max_train_samples=300, epochs=2, warmup_epochs=1,
+                       grey_weight=0.32, eval_samples=200, sweep_latents=2, latent_dim=8, width=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tmp_path_factory):
+    """(reports, result, checkpoint folder) of one tiny training without Ray."""
+    from cvae.train import train
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    reports = []
+    result = train(tiny_config, report=reports.append, checkpoint_dir=folder / "checkpoints")
+    return reports, result, Path(result["checkpoint"])

@@ -1,0 +1,84 @@
+"""Sampling CLI: grids, handwriting redraw, and its one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cvae.sample", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_grid_has_a_row_per_digit_and_a_column_per_thickness(tiny_run, tmp_path):
+    from cvae.sample import draw_grid, load_generator
+
+    _, _, checkpoint = tiny_run
+    _, decoder, _, _ = load_generator(checkpoint)
+    images = draw_grid(decoder, digits=[0, 1, 7], thickness=[-1, 0, 1], seed=3, samples_per_digit=2)
+    assert images.shape == (6, 3, 28, 28) and images.min() >= 0 and images.max() <= 1
+    again = draw_grid(decoder, digits=[0, 1, 7], thickness=[-1, 0, 1], seed=3, samples_per_digit=2)
+    np.testing.assert_allclose(images, again)  # fixed latents, no dropout at inference
+
+
+def test_cli_writes_grid_png(tiny_run, tmp_path):
+    _, _, checkpoint = tiny_run
+    out = tmp_path / "grid.png"
+    result = run_cli(checkpoint, "--out", out, "--thickness", "0", "0.5", "1", "--scale", "1")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (3 * 30 + 2, 10 * 30 + 2)
+
+
+def test_cli_redraws_a_white_background_photo(tiny_run, tmp_path):
+    from cvae.data import load_dataset
+
+    _, _, checkpoint = tiny_run
+    digit = load_dataset("mnist-5k").images[2600]  # a real digit, scanned as dark ink on white paper, 3x larger
+    photo = Image.fromarray(255 - np.kron(digit, np.ones((3, 3), np.uint8))).convert("RGB")
+    photo.save(tmp_path / "mine.jpg")
+    out = tmp_path / "style.png"
+    result = run_cli(checkpoint, "--style", tmp_path / "mine.jpg", "--out", out, "--scale", "1")
+    assert result.returncode == 0, result.stderr
+    assert "read as a 5" in result.stdout  # 2600 is a 5 in the sample (500 per class, sorted)
+    assert Image.open(out).size == (11 * 30 + 2, 32)
+
+
+def test_reading_a_photo_inverts_and_centres():
+    from cvae.sample import read_digit_image
+
+    canvas = np.full((90, 60), 255, np.uint8)
+    canvas[10:40, 5:15] = 0  # a dark bar near the corner of white paper
+    path = "/tmp/cvae-bar.png"
+    Image.fromarray(canvas).save(path)
+    image = read_digit_image(path)
+    assert image.shape == (28, 28) and image[0, 0] == 0 and image.max() > 0.9
+    rows, columns = np.nonzero(image > 0.5)
+    assert abs(rows.mean() - 13.5) <= 1.5 and abs(columns.mean() - 13.5) <= 1.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--digits", "10"], "digit(s) [10] outside 0-9"),
+    (["--thickness", "1.5"], "thickness value(s) [1.5] outside [-1, 1]"),
+    (["--style", "README.md"], "is not a readable image"),
+])
+def test_cli_bad_requests_exit_2_with_one_line(tiny_run, args, message):
+    _, _, checkpoint = tiny_run
+    result = run_cli(checkpoint, *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unreadable_checkpoint(tmp_path):
+    (tmp_path / "decoder.keras").write_bytes(b"not a zip file")
+    result = run_cli(tmp_path)
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli(tmp_path / "nowhere")
+    assert result.returncode == 2 and "is not a checkpoint folder" in result.stderr

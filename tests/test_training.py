@@ -1,0 +1,75 @@
+"""One tiny training without Ray; checkpoints, resume, divergence."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cvae.metrics import METRICS
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_epoch_reports_every_metric(tiny_run, tiny_config):
+    reports, result, _ = tiny_run
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for report in reports:
+        missing = set(METRICS) - set(report)
+        assert not missing, missing
+        assert all(math.isfinite(report[name]) for name in METRICS)
+    assert result["status"] == "completed" and result["epochs_run"] == 2
+    assert reports[-1]["status"] == "completed" and reports[0]["status"] == "running"
+    assert 0 <= reports[-1]["class_accuracy"] <= 1 and reports[-1]["fid"] > 0
+
+
+def test_grey_weight_is_zero_in_warmup_and_on_after(tiny_run, tiny_config):
+    reports, _, _ = tiny_run
+    assert reports[0]["grey_weight"] == 0.0
+    assert reports[1]["grey_weight"] == pytest.approx(tiny_config.grey_weight)
+    # the grey term is measured in both epochs, but only counts in the loss after the warm-up
+    assert reports[0]["grey"] > 0 and reports[1]["grey"] > 0
+
+
+def test_checkpoint_holds_everything_needed(tiny_run, tiny_config):
+    _, result, checkpoint = tiny_run
+    assert checkpoint.name == "epoch_0002"
+    assert {p.name for p in checkpoint.iterdir()} >= {"encoder.keras", "decoder.keras", "training_state.npz",
+                                                       "config.json", "state.json", "thickness_stats.json"}
+    assert json.loads((checkpoint / "config.json").read_text()) == tiny_config.to_dict()
+    assert not (checkpoint.parent / "epoch_0001").exists()  # only the newest is kept
+
+
+def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
+    from cvae.model import build_cvae
+    from cvae.train import restore_checkpoint, train
+
+    reports, _, checkpoint = tiny_run
+    longer = tiny_config.replace(epochs=3)
+    # the checkpoint's config must match; the trainer refuses a silently different run
+    with pytest.raises(ValueError, match="different settings: epochs"):
+        train(longer, checkpoint=checkpoint)
+    # same settings, more epochs: rewrite the checkpoint's config as a user would by resuming a longer run
+    resumable = tmp_path / "epoch_0002"
+    import shutil
+
+    shutil.copytree(checkpoint, resumable)
+    (resumable / "config.json").write_text(longer.to_json())
+    model = build_cvae(longer)
+    epoch, history = restore_checkpoint(model, resumable)
+    assert epoch == 2 and len(history) == 2
+    assert int(np.asarray(model.optimizer.iterations)) > 0  # optimizer state came back
+    resumed = []
+    result = train(longer, report=resumed.append, checkpoint=resumable, checkpoint_dir=tmp_path / "more")
+    assert [r["epoch"] for r in resumed] == [3]
+    assert result["epochs_run"] == 3 and result["history"][:2] == history
+    assert (tmp_path / "more" / "epoch_0003").is_dir()
+
+
+def test_nan_loss_ends_as_diverged(tiny_config):
+    from cvae.train import train
+
+    reports = []
+    result = train(tiny_config.replace(learning_rate=1e4, epochs=2, l2=0.0), report=reports.append)
+    assert result["status"] == "diverged"
+    assert reports[-1]["status"] == "diverged" and not math.isfinite(reports[-1]["loss"])
