@@ -173,7 +173,7 @@ def train(
     if start_epoch < config.epochs:
         train_data, held_out_data = _datasets(data, config, start_epoch)
         model.fit(train_data, validation_data=held_out_data, epochs=config.epochs, initial_epoch=start_epoch,
-                  callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()], verbose=verbose)
+                  callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()], verbose=verbose, shuffle=False)
     return {
         "status": outcome["status"],
         "epochs_run": len(history),

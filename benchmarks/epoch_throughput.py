@@ -1,0 +1,206 @@
+"""Training throughput of the reference C-VAE versus this process's dense-matmul peak, and evaluation cost.
+
+FLOPs are counted from the layer shapes (multiply-add = 2 FLOPs):
+  Conv2D           2 * H_out * W_out * k * k * C_in * C_out
+  Conv2DTranspose  2 * H_in  * W_in  * k * k * C_in * C_out   (every input pixel scatters a k x k x C_out patch)
+  Dense            2 * inputs * units
+A training step costs the forward pass plus a backward pass that computes two products of the same size per
+layer (gradient for the weights and for the layer input), i.e. 3x forward, except that layers reading the
+image or the condition directly need no input gradient (2x forward). Element-wise work (activations,
+dropout, losses, Adam) is not counted, so the figure is a lower bound on the work the step really does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def layer_flops(layer) -> int:
+    """Forward FLOPs per sample of one conv/dense layer (0 for everything else)."""
+    kind = layer.__class__.__name__
+    if kind == "Conv2D":
+        _, height, width, channels_out = layer.output.shape
+        k_h, k_w = layer.kernel_size
+        return 2 * height * width * k_h * k_w * layer.input.shape[-1] * channels_out
+    if kind == "Conv2DTranspose":
+        _, height, width, channels_in = layer.input.shape
+        k_h, k_w = layer.kernel_size
+        return 2 * height * width * k_h * k_w * channels_in * layer.filters
+    if kind == "Dense":
+        return 2 * layer.input.shape[-1] * layer.units
+    return 0
+
+
+def model_flops(model) -> tuple[int, int]:
+    """(forward, training) FLOPs per sample of a CVAE, counted as the module docstring explains."""
+    forward = training = 0
+    for network in (model.encoder, model.decoder):
+        input_names = {tensor.name for tensor in network.inputs}
+        for layer in network.layers:
+            flops = layer_flops(layer)
+            reads_input = any(getattr(node, "name", None) in input_names for node in _inbound(layer))
+            forward += flops
+            training += flops * (2 if reads_input else 3)
+    return forward, training
+
+
+def _inbound(layer):
+    tensors = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+    # a layer fed by Flatten(image) still reads the raw input: follow one Flatten/Concatenate hop back
+    found = []
+    for tensor in tensors:
+        found.append(tensor)
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None and history[0].__class__.__name__ in ("Flatten", "Concatenate"):
+            parent = history[0].input
+            found.extend(parent if isinstance(parent, (list, tuple)) else [parent])
+    return found
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
+    """Best-of-`trials` float32 matmul GFLOP/s in this process (same threads as training)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    product = tf.function(lambda x, y: tf.matmul(x, y))
+    product(a, b).numpy()
+    best = 0.0
+    for _ in range(trials):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            result = product(a, b)
+        result.numpy()
+        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def profile_step(model, data, batch_size: int, repeats: int = 60) -> None:
+    """Where a training step's time goes: forward, backward, optimizer update, and fit()'s own overhead."""
+    import numpy as np
+    import tensorflow as tf
+
+    images = tf.constant(data.train.images[:batch_size])
+    conditions = tf.constant(data.train.conditions()[:batch_size])
+
+    @tf.function
+    def forward():
+        return model.compute_losses(images, conditions, training=True)["loss"]
+
+    @tf.function
+    def backward():
+        with tf.GradientTape() as tape:
+            loss = model.compute_losses(images, conditions, training=True)["loss"]
+        return tape.gradient(loss, model.trainable_weights)
+
+    @tf.function
+    def step():
+        return model.train_step((images, conditions))
+
+    timings = {}
+    for name, function in (("forward", forward), ("forward+backward", backward), ("full train_step", step)):
+        function()
+        samples = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(repeats // 3):
+                result = function()
+            tf.nest.map_structure(lambda t: t.numpy(), result)
+            samples.append((time.perf_counter() - started) / (repeats // 3) * 1000)
+        timings[name] = float(np.median(samples))
+    print("profile per step of 32 (ms, median of 3): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print(f"  -> backward {timings['forward+backward'] - timings['forward']:.1f} ms, optimizer update + trackers "
+          f"{timings['full train_step'] - timings['forward+backward']:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600, help="timed training steps (default 600)")
+    parser.add_argument("--batch-size", type=int, default=32, help="reference: 32")
+    parser.add_argument("--intra-op", type=int, default=0, help="TensorFlow intra-op threads (0 = all cores)")
+    parser.add_argument("--inter-op", type=int, default=2, help="TensorFlow inter-op threads (default 2)")
+    parser.add_argument("--chunks", type=int, default=5, help="timed chunks; median and best are reported")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cores = os.cpu_count() or 1
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op or cores)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+
+    from cvae.classifier import load_classifier
+    from cvae.config import TrialConfig
+    from cvae.data import prepare_data
+    from cvae.metrics import evaluate_decoder, make_evaluation_set
+    from cvae.model import build_cvae, compile_cvae
+
+    config = TrialConfig(dataset="mnist-5k", batch_size=args.batch_size)
+    data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction)
+    model = compile_cvae(build_cvae(config), config.learning_rate, args.steps_per_execution)
+    model.grey_weight.assign(config.grey_weight)
+    forward, training = model_flops(model)
+
+    dataset = tf.data.Dataset.from_tensor_slices((data.train.images, data.train.conditions()))
+    dataset = dataset.shuffle(len(data.train), seed=0).repeat().batch(args.batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1  # input slicing is cheap; keep it off the compute threads
+    dataset = dataset.prefetch(4).with_options(options)
+    warmup = 50 * args.steps_per_execution
+    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
+    peak_before = matmul_peak()
+    rates = []
+    chunk = max(1, args.steps // args.chunks)
+    for _ in range(args.chunks):
+        started = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=chunk, epochs=1, verbose=0)
+        rates.append(chunk * args.batch_size / (time.perf_counter() - started))
+    peak_after = matmul_peak()
+    peak = max(peak_before, peak_after)
+    samples_per_second = float(np.median(rates))
+    achieved = samples_per_second * training / 1e9
+
+    print(f"machine: {cores} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}; "
+          f"threads intra={args.intra_op or cores} inter={args.inter_op}; steps_per_execution={args.steps_per_execution}")
+    print(f"model FLOPs per sample: forward {forward / 1e6:.1f} M, training step {training / 1e6:.1f} M")
+    print(f"matmul peak (2048x2048 float32, best of 5, before/after): {peak_before:.1f} / {peak_after:.1f} GFLOP/s")
+    print(f"training chunks ({chunk} steps each): {' '.join(f'{r:.0f}' for r in rates)} samples/s")
+    print(f"training (median chunk): {samples_per_second:.0f} samples/s ({1000 / samples_per_second:.2f} ms/image) at "
+          f"batch {args.batch_size} -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f} % of matmul peak; "
+          f"best chunk {100 * max(rates) * training / 1e9 / peak:.1f} %")
+    profile_step(model, data, args.batch_size)
+
+    # Evaluation cost per epoch at default sizes.
+    classifier = load_classifier(config.dataset, config.data_path, config.validation_fraction)
+    evaluation = make_evaluation_set(data.held_out, data.stats, classifier, config.latent_dim,
+                                     config.eval_samples, config.sweep_latents, config.eval_seed)
+    evaluate_decoder(model.decoder, evaluation, classifier)  # warm-up (tracing)
+    held_out = tf.data.Dataset.from_tensor_slices((data.held_out.images, data.held_out.conditions())).batch(500)
+    model.evaluate(held_out, verbose=0)
+    started = time.perf_counter()
+    evaluate_decoder(model.decoder, evaluation, classifier)
+    sample_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    model.evaluate(held_out, verbose=0)
+    validation_seconds_5k = time.perf_counter() - started
+    per_image_validation = validation_seconds_5k / len(data.held_out)
+    for label, train_images, held_images in (("embedded 5k (4,500 train / 500 held-out)", len(data.train), len(data.held_out)),
+                                             ("full MNIST (63,000 train / 7,000 held-out)", 63000, 7000)):
+        epoch_seconds = train_images / samples_per_second
+        evaluation_seconds = sample_seconds + per_image_validation * held_images
+        print(f"evaluation, {label}: {evaluation_seconds:.2f} s per epoch "
+              f"(samples+metrics {sample_seconds:.2f} s, held-out loss {per_image_validation * held_images:.2f} s) "
+              f"= {100 * evaluation_seconds / epoch_seconds:.1f} % of a {epoch_seconds:.1f} s training epoch")
+    np.asarray(0)
+
+
+if __name__ == "__main__":
+    main()
