@@ -118,7 +118,7 @@ def train(
     from cvae.classifier import load_classifier
     from cvae.data import prepare_data
     from cvae.losses import grey_weight_for_epoch
-    from cvae.metrics import TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder, make_evaluation_set
+    from cvae.metrics import SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder, make_evaluation_set
     from cvae.model import build_cvae
 
     keras.utils.set_random_seed(config.seed)
@@ -152,7 +152,8 @@ def train(
             if not all(_is_finite(metrics[name]) for name in TRAIN_METRICS):
                 outcome["status"] = STATUS_DIVERGED
                 self.model.stop_training = True
-                metrics["status"] = STATUS_DIVERGED
+                # Every metric is present in every report (schedulers and searchers expect the keys).
+                metrics.update({name: math.nan for name in SAMPLE_METRICS}, status=STATUS_DIVERGED)
             else:
                 evaluation_started = time.perf_counter()
                 metrics.update(evaluate_decoder(self.model.decoder, evaluation, classifier))

@@ -1,0 +1,122 @@
+"""The results tables (trials.csv: one row per trial; epochs.csv: one row per trial-epoch) and the best trial."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cvae.metrics import METRICS
+
+TRIALS_FILE, EPOCHS_FILE, SPEC_FILE = "trials.csv", "epochs.csv", "study.json"
+BEST_PREFIX = "best_"
+FINISHED = ("completed", "pruned")
+
+
+@dataclass
+class TrialRecord:
+    """What is known about one trial: its params, every epoch it reported, and how it ended."""
+
+    trial_id: str
+    params: dict
+    rows: list = field(default_factory=list)
+    error: str | None = None
+    checkpoint: str | None = None
+    finished: bool = False  # Tune stopped it (completed, pruned or diverged), as opposed to still running
+    planned_epochs: int | None = None
+
+
+def trial_status(record: TrialRecord) -> str:
+    if record.error:
+        return "error"
+    if not record.rows:
+        return "pending"
+    last = record.rows[-1].get("status")
+    if last in ("diverged", "completed"):
+        return last
+    return "pruned" if record.finished else "running"
+
+
+def _is_better(value: float, best: float, mode: str) -> bool:
+    return value < best if mode == "min" else value > best
+
+
+def build_tables(records: list[TrialRecord], metrics: tuple[str, ...], modes: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) DataFrames; best-epoch metrics are chosen by the first objective metric."""
+    trial_rows, epoch_rows = [], []
+    objective, mode = metrics[0], modes[0]
+    for record in records:
+        params = {f"param_{k}": v for k, v in record.params.items()}
+        best_row = None
+        for row in record.rows:
+            epoch_rows.append({"trial_id": record.trial_id, **params,
+                               **{k: v for k, v in row.items() if not isinstance(v, dict)}})
+            value = row.get(objective)
+            if value is not None and math.isfinite(value) and (
+                    best_row is None or _is_better(value, best_row[objective], mode)):
+                best_row = row
+        last = record.rows[-1] if record.rows else {}
+        summary = {
+            "trial_id": record.trial_id, **params, "status": trial_status(record),
+            "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
+            "wall_time_s": last.get("time_total_s"), "node": last.get("node_ip"), "node_id": last.get("node_id"),
+            "dataset_source": last.get("dataset_source"), "checkpoint": record.checkpoint,
+            "error": (record.error or "").splitlines()[0][:300] if record.error else None,
+        }
+        summary.update({name: last.get(name, np.nan) for name in METRICS})
+        summary["best_epoch"] = best_row["epoch"] if best_row else np.nan
+        summary.update({BEST_PREFIX + name: (best_row or {}).get(name, np.nan) for name in METRICS})
+        trial_rows.append(summary)
+    return pd.DataFrame(trial_rows), pd.DataFrame(epoch_rows)
+
+
+def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write trials.csv and epochs.csv atomically (a reader never sees half a file)."""
+    trials, epochs = build_tables(records, metrics, modes)
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame, name in ((trials, TRIALS_FILE), (epochs, EPOCHS_FILE)):
+        scratch = folder / f".{name}.tmp"
+        frame.to_csv(scratch, index=False)
+        scratch.replace(folder / name)
+    return trials, epochs
+
+
+def save_spec(folder: Path, spec) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1, default=list))
+
+
+def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(trials, epochs, study spec dict) of a results folder; ValueError if it is not one."""
+    folder = Path(folder)
+    missing = [name for name in (TRIALS_FILE, SPEC_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
+                         f"run python study/run.py --space FILE first")
+    epochs = pd.read_csv(folder / EPOCHS_FILE) if (folder / EPOCHS_FILE).is_file() else pd.DataFrame()
+    return pd.read_csv(folder / TRIALS_FILE), epochs, json.loads((folder / SPEC_FILE).read_text())
+
+
+def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:
+    """Trials not dominated on the best-epoch objective metrics."""
+    values = np.column_stack([trials[BEST_PREFIX + m].to_numpy(float) * (1 if mode == "min" else -1)
+                              for m, mode in zip(metrics, modes)])
+    keep = [not any(np.all(other <= row) and np.any(other < row) for other in values) for row in values]
+    return trials[np.array(keep, dtype=bool)]
+
+
+def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
+    """The best finished trial by its best epoch (multi-objective: Pareto front, then first metric)."""
+    candidates = trials[trials["status"].isin(FINISHED)]
+    candidates = candidates[np.isfinite(candidates[[BEST_PREFIX + m for m in metrics]].astype(float)).all(axis=1)]
+    if candidates.empty:
+        raise ValueError("no finished trial with finite objective values yet")
+    if len(metrics) > 1:
+        candidates = pareto_front(candidates, metrics, modes)
+    column = BEST_PREFIX + metrics[0]
+    order = candidates[column].astype(float)
+    return candidates.loc[order.idxmin() if modes[0] == "min" else order.idxmax()]

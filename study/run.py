@@ -1,0 +1,158 @@
+"""CLI: python study/run.py --space grey_loss.yaml — run (or resume) a Ray Tune + Optuna study of the C-VAE."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python study/run.py` from a checkout works without installing
+    sys.path.insert(0, str(REPO))
+
+from study.space import SpecError, load_spec  # noqa: E402  (light: no Ray, no TensorFlow)
+
+# Uploaded to cluster nodes with the code: everything but outputs and history.
+RUNTIME_EXCLUDES = [".git", "results", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python study/run.py",
+        description="Run a hyperparameter study of the C-VAE with Ray Tune + Optuna. Tables go to "
+        "results/<name>/trials.csv and epochs.csv while it runs; checkpoints to results/<name>/tune/.",
+        epilog="Examples:  python study/run.py --space smoke.yaml\n"
+        "           python study/run.py --space grey_loss.yaml --num-samples 8 --max-epochs 3\n"
+        "           python study/run.py --space grey_loss.yaml --address HEAD_IP:6379 --storage-path /shared/results\n"
+        "           python study/run.py --space grey_loss.yaml --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--space", required=True, help="study file: a path, or a name in search_spaces/ (e.g. grey_loss.yaml)")
+    parser.add_argument("--name", help="study name (default: the file's name:); results go to results/<name>")
+    parser.add_argument("--num-samples", type=int, help="number of Optuna trials (overrides search.num_samples)")
+    parser.add_argument("--max-epochs", type=int, help="cap every trial's epochs (and ASHA's max_t)")
+    parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist"], help="override fixed.dataset")
+    parser.add_argument("--max-train-samples", type=int, help="train on a stratified subset (0 = all)")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.5)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="join an existing Ray cluster (HEAD_IP:6379; default $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--storage-path", help="where Tune keeps trials and checkpoints: a path every node can reach "
+                        "or a cloud URI (default results/<name>/tune)")
+    parser.add_argument("--storage", help="keep the Optuna study in a database, e.g. sqlite:///results/grey_loss.db "
+                        "(readable by optuna-dashboard and the optuna CLI)")
+    parser.add_argument("--results-dir", default=str(REPO / "results"), help="parent of results/<name> (default results/)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def prepare(args):
+    """Everything that can be checked before Ray starts: spec, overrides, paths. Exits 2 on bad input."""
+    try:
+        spec = load_spec(args.space)
+        for flag in ("num_samples", "max_epochs", "max_concurrent", "max_train_samples"):
+            value = getattr(args, flag)
+            if value is not None and value < (0 if flag == "max_train_samples" else 1):
+                raise SpecError(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'max_train_samples' else 1}, got {value}")
+        spec = spec.with_overrides(
+            name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs, dataset=args.dataset,
+            max_train_samples=args.max_train_samples, max_concurrent=args.max_concurrent,
+            cpu=args.cpus_per_trial, gpu=args.gpus_per_trial,
+        )
+    except SpecError as error:
+        fail(str(error))
+    if args.name and not all(ch.isalnum() or ch in "-_." for ch in args.name):
+        fail(f"--name {args.name!r} may only hold letters, digits, '-', '_' and '.'")
+    if spec.sampler == "gp" and spec.algorithm == "optuna" and importlib.util.find_spec("torch") is None:
+        fail(f"{Path(spec.path).name}: search: sampler gp needs PyTorch (pip install torch); "
+             "without it use tpe, random, cmaes or nsga2")
+    if args.storage and not args.storage.startswith(("sqlite:///", "postgresql://", "mysql://")):
+        fail(f"--storage {args.storage!r} must be a database URL such as sqlite:///results/{spec.name}.db")
+    results_dir = Path(args.results_dir).resolve() / spec.name
+    storage_path = args.storage_path or str(results_dir / "tune")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).resolve())
+    experiment = f"{storage_path.rstrip('/')}/{spec.name}"
+    exists = "://" in storage_path or (Path(experiment) / "tuner.pkl").exists()
+    if args.resume and "://" not in storage_path and not exists:
+        fail(f"--resume: no study to continue at {experiment}; run without --resume first")
+    if not args.resume and "://" not in storage_path and exists:
+        fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
+    return spec, results_dir, storage_path, experiment
+
+
+def start_ray(address: str | None, num_trials_cpus: float):
+    import ray
+
+    if address:
+        # The code reaches the other nodes through Ray's runtime environment.
+        ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES},
+                 log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}},
+                 log_to_driver=True)
+    resources = ray.cluster_resources()
+    print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
+          flush=True)
+    if resources.get("CPU", 0) < num_trials_cpus:
+        print(f"warning: a trial asks for {num_trials_cpus:g} CPUs but the cluster has {resources.get('CPU', 0):g}; "
+              "trials will wait forever. Lower --cpus-per-trial.", file=sys.stderr)
+
+
+def summarise(trials, spec, results_dir: Path) -> None:
+    from study.results import best_trial
+
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    try:
+        best = best_trial(trials, spec.metrics, spec.modes)
+    except ValueError as error:
+        print(f"no best trial: {error}")
+        return
+    params = {k[len("param_"):]: best[k] for k in best.index if k.startswith("param_")}
+    print(f"best trial {best['trial_id']} (epoch {best['best_epoch']:.0f}): " +
+          ", ".join(f"{k}={v}" for k, v in params.items()))
+    print("  " + ", ".join(f"{m}={best['best_' + m]:.4g}" for m in
+                           ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")))
+    print(f"  checkpoint: {best['checkpoint']}")
+    print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
+    print("next:\n"
+          f"  python study/best.py {results_dir}\n"
+          f"  python study/sample.py {results_dir} --out best.png")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    spec, results_dir, storage_path, experiment = prepare(args)
+
+    from study.results import save_spec, write_tables
+    from study.tuner import build_tuner, records_from_grid, restore_tuner
+
+    save_spec(results_dir, spec)
+    print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
+          f"{'/' + spec.sampler if spec.algorithm == 'optuna' else ''}, objective "
+          f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
+          f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
+          f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
+    start_ray(args.address, spec.cpu)
+    started = time.time()
+    tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage)
+    grid = tuner.fit()
+    trials, _ = write_tables(results_dir, records_from_grid(grid, spec), spec.metrics, spec.modes)
+    print(f"finished in {time.time() - started:.0f} s")
+    summarise(trials, spec, results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
