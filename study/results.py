@@ -63,7 +63,8 @@ def build_tables(records: list[TrialRecord], metrics: tuple[str, ...], modes: tu
         summary = {
             "trial_id": record.trial_id, **params, "status": trial_status(record),
             "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
-            "wall_time_s": last.get("time_total_s"), "node": last.get("node_ip"), "node_id": last.get("node_id"),
+            "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
+            "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
             "dataset_source": last.get("dataset_source"), "checkpoint": record.checkpoint,
             "error": (record.error or "").splitlines()[0][:300] if record.error else None,
         }

@@ -98,7 +98,8 @@ def start_ray(address: str | None, num_trials_cpus: float):
         ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES},
                  log_to_driver=True)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+        # address="local": always a fresh instance of our own, never a leftover one; loopback only.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}},
                  log_to_driver=True)
     resources = ray.cluster_resources()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 
+import ray
 from ray import tune
 
 from cvae.train import CHECKPOINT_KEY, train
@@ -26,6 +27,7 @@ def limit_threads(cpus: float) -> None:
 
 def _report(metrics: dict) -> None:
     folder = metrics.pop(CHECKPOINT_KEY, None)
+    metrics["node_id"] = ray.get_runtime_context().get_node_id()  # which node ran this epoch (retries may move)
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
 

@@ -1,0 +1,39 @@
+"""CLI: python study/best.py results/<name> — print the best trial of a study and where its checkpoint is."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cvae.metrics import METRICS  # noqa: E402
+from study.results import best_trial, load_results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python study/best.py", description=__doc__.split(" — ")[1])
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    args = parser.parse_args(argv)
+    try:
+        trials, _, spec = load_results(args.results)
+        best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"study {spec['name']}: {len(trials)} trial(s); objective "
+          + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
+    print(f"best trial: {best['trial_id']} (status {best['status']}, best epoch {best['best_epoch']:.0f} "
+          f"of {best['epochs_run']:.0f})")
+    for key in best.index:
+        if key.startswith("param_"):
+            print(f"  {key[len('param_'):]} = {best[key]}")
+    for name in METRICS:
+        print(f"  {name:<20} {best['best_' + name]:.5g}")
+    print(f"checkpoint: {best['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

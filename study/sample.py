@@ -1,0 +1,44 @@
+"""CLI: python study/sample.py results/<name> [--trial ID] [cvae.sample options] — draw digits from a study's checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from study.results import best_trial, load_results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python study/sample.py",
+        description="Draw digits from the best trial's checkpoint (or --trial ID's). Every other option is passed "
+        "to python -m cvae.sample: --out, --digits, --thickness, --samples, --seed, --style IMAGE, --scale.",
+    )
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    parser.add_argument("--trial", help="trial id from trials.csv (default: the best trial)")
+    args, passed_on = parser.parse_known_args(argv)
+    try:
+        trials, _, spec = load_results(args.results)
+        if args.trial:
+            chosen = trials[trials["trial_id"].astype(str) == args.trial]
+            if chosen.empty:
+                raise ValueError(f"no trial {args.trial!r}; trials: {', '.join(map(str, trials['trial_id']))}")
+            row = chosen.iloc[0]
+        else:
+            row = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+        if not isinstance(row["checkpoint"], str) or not row["checkpoint"]:
+            raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from cvae.sample import main as sample_main
+
+    print(f"trial {row['trial_id']}: {row['checkpoint']}")
+    return sample_main([row["checkpoint"], *passed_on])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
