@@ -90,13 +90,25 @@ def prepare(args):
     return spec, results_dir, storage_path, experiment
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+
+
+def keep_loopback_address(address: str | None) -> None:
+    """Must run before ray is imported: Ray rewrites a loopback address to the machine's routable IP unless
+    this flag is off, and a cluster started with --node-ip-address=127.0.0.1 listens on loopback only."""
+    if address and _is_loopback(address):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
 def start_ray(address: str | None, num_trials_cpus: float):
     import ray
 
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
         ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES},
-                 log_to_driver=True)
+                 _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -135,6 +147,7 @@ def summarise(trials, spec, results_dir: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     spec, results_dir, storage_path, experiment = prepare(args)
+    keep_loopback_address(args.address)
 
     from study.results import save_spec, write_tables
     from study.tuner import build_tuner, records_from_grid, restore_tuner

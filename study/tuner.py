@@ -100,7 +100,7 @@ class StudyProgress(tune.Callback):
         print(f"[{elapsed:6.0f}s] {trial.trial_id} {text:<38} {params}", flush=True)
 
     def _write(self, force: bool = False) -> None:
-        if force or time.time() - self.last_write > 5:
+        if force or time.time() - self.last_write > 1:
             write_tables(self.results_dir, list(self.records.values()), self.spec.metrics, self.spec.modes)
             self.last_write = time.time()
 

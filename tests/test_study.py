@@ -78,7 +78,7 @@ def _wait_for(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
-        if value:
+        if value is not None:
             return value
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")
@@ -107,8 +107,9 @@ def test_resume_after_driver_killed(tmp_path):
     trials_csv = tmp_path / "resumable" / "trials.csv"
     try:
         def one_done():
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
             trials = _read(trials_csv)
-            return trials is not None and (trials["status"] == "completed").sum() >= 1 and trials
+            return trials if trials is not None and (trials["status"] == "completed").sum() >= 1 else None
         finished_before = _wait_for(one_done, 400, "a finished trial")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and every process it started
@@ -129,7 +130,7 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     space = write_space(tmp_path, "cluster", f"""
         name: cluster
         base: model_4
-        fixed: {{dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}}
+        fixed: {{dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}}
         parameters:
           grey_weight: {{values: [0.1, 0.5]}}
         search: {{algorithm: grid, repeats: 1, max_concurrent: 2}}
@@ -146,11 +147,12 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     epochs_csv = tmp_path / "cluster" / "epochs.csv"
     try:
         def worker_trial_checkpointed():
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
             epochs = _read(epochs_csv)
             if epochs is None or "node_id" not in epochs:
                 return None
             on_worker = epochs[epochs["node_id"] == worker.node_id]
-            return on_worker["trial_id"].iloc[0] if len(on_worker) and on_worker["epoch"].max() < 5 else None
+            return on_worker["trial_id"].iloc[0] if len(on_worker) and on_worker["epoch"].max() < 4 else None
         lost_trial = _wait_for(worker_trial_checkpointed, 400, "a trial with a checkpoint on the worker node")
         cluster.remove_node(worker, allow_graceful=False)  # the node dies mid-trial
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # capacity comes back as a fresh node
