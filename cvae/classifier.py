@@ -118,6 +118,9 @@ def _load_cached(model_path: Path, info_path: Path, fingerprint: str):
         return None
 
 
+_LOADED: dict[tuple, Classifier] = {}  # a reused worker process loads each classifier once
+
+
 def load_classifier(dataset: str, data_path: str = "", validation_fraction: float = 0.1, verbose: int = 0) -> Classifier:
     """The reference classifier for a dataset: from the cache if valid, else trained and cached.
 
@@ -130,6 +133,9 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
     """
     from filelock import FileLock
 
+    key = (dataset, data_path, validation_fraction, str(cache_dir()))
+    if key in _LOADED and _LOADED[key].path.exists():
+        return _LOADED[key]
     raw = load_dataset(dataset, data_path)
     fingerprint = _fingerprint(raw.images, raw.labels, validation_fraction)
     folder = cache_dir()
@@ -140,7 +146,8 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
     with FileLock(str(model_path) + ".lock"):
         cached = _load_cached(model_path, info_path, fingerprint)
         if cached is not None:
-            return Classifier(cached[0], cached[1], model_path)
+            _LOADED[key] = Classifier(cached[0], cached[1], model_path)
+            return _LOADED[key]
         print(f"training the reference classifier for {raw.name} ({raw.source}); cached at {model_path}",
               file=sys.stderr, flush=True)
         train_index, held_index = split_indices(raw.labels, validation_fraction)
@@ -158,4 +165,5 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
         info = {"fingerprint": fingerprint, "sha256": _file_sha256(model_path), "held_out_accuracy": accuracy,
                 "dataset": raw.name, "source": raw.source}
         info_path.write_text(json.dumps(info, indent=2))
-        return Classifier(model, accuracy, model_path)
+        _LOADED[key] = Classifier(model, accuracy, model_path)
+        return _LOADED[key]

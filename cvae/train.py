@@ -113,6 +113,7 @@ def train(
     Returns:
         {"status", "epochs_run", "final" (last epoch's metrics), "history", "checkpoint", "dataset_source"}.
     """
+    entered = time.perf_counter()
     import keras
 
     from cvae.classifier import load_classifier
@@ -121,6 +122,7 @@ def train(
     from cvae.metrics import SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder, make_evaluation_set
     from cvae.model import build_cvae
 
+    keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction,
                         config.max_train_samples, config.data_path)
@@ -136,19 +138,26 @@ def train(
             raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
         start_epoch, history = restore_checkpoint(model, checkpoint)
     outcome = {"status": STATUS_COMPLETED, "checkpoint": None}
+    setup_seconds = time.perf_counter() - entered  # imports, data, classifier, model: paid once per run
 
     class EpochEnd(keras.callbacks.Callback):
         """Sets the grey weight before each epoch; measures, checkpoints and reports after it."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
+            self.train_seconds = None
             self.model.grey_weight.assign(grey_weight_for_epoch(epoch + 1, config.grey_weight, config.warmup_epochs))
+
+        def on_test_begin(self, logs=None):
+            if self.train_seconds is None:  # fit() validates after the epoch's training steps
+                self.train_seconds = time.perf_counter() - self.started
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             metrics = {name: float(logs.get(name, math.nan)) for name in TRAIN_METRICS + VALIDATION_METRICS}
             metrics.update(epoch=epoch + 1, grey_weight=float(self.model.grey_weight.numpy()),
-                           dataset_source=data.source, epoch_seconds=time.perf_counter() - self.started)
+                           dataset_source=data.source, epoch_seconds=time.perf_counter() - self.started,
+                           train_seconds=self.train_seconds, setup_seconds=setup_seconds)
             if not all(_is_finite(metrics[name]) for name in TRAIN_METRICS):
                 outcome["status"] = STATUS_DIVERGED
                 self.model.stop_training = True
@@ -162,12 +171,14 @@ def train(
             history.append(metrics)
             reported = dict(metrics)
             if checkpoint_dir is not None and metrics["status"] != STATUS_DIVERGED:
+                saving_started = time.perf_counter()
                 previous = latest_checkpoint(checkpoint_dir)
                 path = save_checkpoint(self.model, Path(checkpoint_dir) / f"epoch_{epoch + 1:04d}",
                                        epoch + 1, history, config, data.stats)
                 if previous is not None and previous != path:
                     shutil.rmtree(previous, ignore_errors=True)
                 outcome["checkpoint"] = reported[CHECKPOINT_KEY] = str(path)
+                reported["checkpoint_seconds"] = time.perf_counter() - saving_started
             if report is not None:
                 report(reported)
 

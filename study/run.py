@@ -47,6 +47,8 @@ def parse_args(argv):
                         "(readable by optuna-dashboard and the optuna CLI)")
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="parent of results/<name> (default results/)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                        help="start a fresh worker process per trial (default: reuse, which skips TensorFlow start-up)")
     return parser.parse_args(argv)
 
 
@@ -160,7 +162,8 @@ def main(argv=None) -> int:
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
     start_ray(args.address, spec.cpu)
     started = time.time()
-    tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage)
+    tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
+                                                                                     args.reuse_actors)
     grid = tuner.fit()
     trials, _ = write_tables(results_dir, records_from_grid(grid, spec), spec.metrics, spec.modes)
     print(f"finished in {time.time() - started:.0f} s")

@@ -145,7 +145,8 @@ def _short(value) -> str:
     return str(value)
 
 
-def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None) -> tune.Tuner:
+def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
+                reuse_actors: bool = True) -> tune.Tuner:
     """A fresh Tuner for the study, with the live-progress callback attached."""
     progress = StudyProgress(spec, results_dir)
     scheduler = make_scheduler(spec)
@@ -158,7 +159,7 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
             scheduler=scheduler,
             num_samples=1 if spec.algorithm == "grid" else spec.num_samples,
             max_concurrent_trials=spec.max_concurrent if spec.algorithm == "grid" else None,
-            reuse_actors=False,
+            reuse_actors=reuse_actors,  # keeps TensorFlow imported and the classifier loaded between trials
         ),
         run_config=run_config(spec, storage_path, progress),
     )

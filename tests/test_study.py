@@ -31,7 +31,8 @@ def write_space(tmp_path, name, body):
 
 
 def test_smoke_study_end_to_end(tmp_path):
-    result = study_cli("--space", "smoke.yaml", results=tmp_path)
+    database = f"sqlite:///{tmp_path}/optuna.db"
+    result = study_cli("--space", "smoke.yaml", "--storage", database, results=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "best trial" in result.stdout and "python study/sample.py" in result.stdout
     trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
@@ -43,6 +44,10 @@ def test_smoke_study_end_to_end(tmp_path):
     for column in ("fid", "best_fid", "class_accuracy", "wall_time_s", "checkpoint", "dataset_source", "node_id"):
         assert trials[column].notna().all(), column
     assert set(trials["dataset_source"]) == {"embedded-mnist-5k"}
+    import optuna  # the Optuna study is in the database, readable by optuna-dashboard and the optuna CLI
+
+    stored = optuna.load_study(study_name="smoke", storage=database)
+    assert len([t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
 
     best = subprocess.run([sys.executable, "study/best.py", tmp_path / "smoke"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
