@@ -1,7 +1,7 @@
 """How much of a study's (wall time x CPUs) goes into training steps, start-up, evaluation and Tune itself.
 
 Runs a small real study through study/run.py (default: 4 trials, 2 at once, 1 CPU each, the embedded
-5k digits, 3 epochs) once with worker reuse and once without, and prints where the time went, from the
+5k digits, 4 epochs) once with worker reuse and once without, and prints where the time went, from the
 per-epoch timings every trial reports (train_seconds, validation, eval_seconds, checkpoint_seconds,
 setup_seconds, tensorflow_import_seconds).
 """
@@ -83,7 +83,7 @@ def summarise(run: dict, cpus: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-train-samples", type=int, default=0, help="0 = the whole 4,500-digit training split")
     parser.add_argument("--only", choices=["reuse", "fresh"], help="run one variant only")
     args = parser.parse_args()

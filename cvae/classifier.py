@@ -13,15 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.data import NUM_CLASSES, load_dataset, split_indices
+from cvae.data import NUM_CLASSES, cache_dir, load_dataset, split_indices
 
 FEATURES_LAYER = "features"
 CACHE_FORMAT = 1  # bump when the architecture or training recipe changes, so old caches are retrained
-
-
-def cache_dir() -> Path:
-    """CVAE_CACHE_DIR, else ~/.cache/cvae-study."""
-    return Path(os.environ.get("CVAE_CACHE_DIR") or Path.home() / ".cache" / "cvae-study")
 
 
 def required_accuracy(num_images: int) -> float:
