@@ -86,6 +86,38 @@ def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tu
     return trials, epochs
 
 
+def load_records(folder: Path) -> list[TrialRecord]:
+    """TrialRecords back from a results folder's tables (a resumed driver keeps what was already written)."""
+    trials, epochs = (_read_csv(Path(folder) / name) for name in (TRIALS_FILE, EPOCHS_FILE))
+    records = []
+    for _, trial in trials.iterrows():
+        params = {k[len("param_"):]: _plain(v) for k, v in trial.items() if k.startswith("param_")}
+        rows = [] if epochs.empty else [
+            {k: _plain(v) for k, v in row.items() if not k.startswith("param_") and k != "trial_id"}
+            for _, row in epochs[epochs["trial_id"] == trial["trial_id"]].iterrows()]
+        records.append(TrialRecord(
+            str(trial["trial_id"]), params, rows, error=trial["error"] if isinstance(trial.get("error"), str) else None,
+            checkpoint=trial["checkpoint"] if isinstance(trial.get("checkpoint"), str) else None,
+            finished=trial["status"] != "running", planned_epochs=_plain(trial.get("epochs_planned"))))
+    return records
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def _plain(value):
+    """numpy scalars from CSV back to Python values (ints stay ints) so params rebuild a TrialConfig."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def save_spec(folder: Path, spec) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1, default=list))

@@ -89,6 +89,8 @@ def prepare(args):
         fail(f"--resume: no study to continue at {experiment}; run without --resume first")
     if not args.resume and "://" not in storage_path and exists:
         fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
+    if not args.resume and (results_dir / "trials.csv").exists():
+        fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
     return spec, results_dir, storage_path, experiment
 
 

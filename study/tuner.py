@@ -11,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.results import TrialRecord, write_tables
+from study.results import TrialRecord, load_records, write_tables
 from study.trainable import run_trial
 
 TIME_ATTR = "epoch"
@@ -82,6 +82,11 @@ class StudyProgress(tune.Callback):
         self.records: dict[str, TrialRecord] = {}
         self.started = time.time()
         self.last_write = 0.0
+
+    def setup(self, **info):
+        # A resumed study starts from the tables already written, so a second interruption loses nothing.
+        if not self.records:
+            self.records = {r.trial_id: r for r in load_records(self.results_dir)}
 
     def _record(self, trial) -> TrialRecord:
         record = self.records.get(trial.trial_id)
@@ -194,7 +199,8 @@ def restore_tuner(spec, experiment_path: str) -> tune.Tuner:
 
 def records_from_grid(grid, spec) -> list[TrialRecord]:
     """TrialRecords from a finished (or interrupted) ResultGrid, with each trial's best checkpoint."""
-    states = {t.trial_id: t.status for t in getattr(grid._experiment_analysis, "trials", [])}
+    analysis = getattr(grid, "_experiment_analysis", None)  # trial states are not public on ResultGrid
+    states = {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
     records = []
     for result in grid:
         frame = result.metrics_dataframe
