@@ -79,6 +79,13 @@ def prepare(args):
              "without it use tpe, random, cmaes or nsga2")
     if args.storage and not args.storage.startswith(("sqlite:///", "postgresql://", "mysql://")):
         fail(f"--storage {args.storage!r} must be a database URL such as sqlite:///results/{spec.name}.db")
+    if args.storage and spec.algorithm == "optuna":
+        from study.space import open_storage
+
+        try:
+            open_storage(args.storage)
+        except Exception as error:  # unreachable server, unwritable file, missing driver
+            fail(f"--storage {args.storage}: cannot open the database ({str(error).splitlines()[0][:160]})")
     results_dir = Path(args.results_dir).resolve() / spec.name
     storage_path = args.storage_path or str(results_dir / "tune")
     if "://" not in storage_path:

@@ -128,6 +128,13 @@ class StudySpec:
         return dataclasses.asdict(self)
 
 
+def open_storage(url: str):
+    """An Optuna RDB storage (sqlite:///..., postgresql://...), created if missing."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url=url)
+
+
 def resolve_path(space: str | Path) -> Path:
     """A path as given, else a bare name looked up in search_spaces/ (with or without .yaml)."""
     candidates = [Path(space), SPACES_DIR / space, SPACES_DIR / f"{space}.yaml"]

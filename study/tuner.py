@@ -12,6 +12,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from study.results import TrialRecord, load_records, write_tables
+from study.space import open_storage
 from study.trainable import run_trial
 
 TIME_ATTR = "epoch"
@@ -47,7 +48,7 @@ def make_searcher(spec, storage: str | None):
         points_to_evaluate=[point] if point else None,
         sampler=make_sampler(spec.sampler, spec.seed, multi),
         study_name=spec.name,
-        storage=storage,
+        storage=open_storage(storage) if storage else None,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
