@@ -114,6 +114,12 @@ def train(
         {"status", "epochs_run", "final" (last epoch's metrics), "history", "checkpoint", "dataset_source"}.
     """
     entered = time.perf_counter()
+    if checkpoint is not None:
+        checkpoint_config = read_checkpoint_config(checkpoint)
+        # Only the length may change: model_4 -> model_5 is the same run continued to 41 epochs.
+        changed = sorted(k for k, v in config.to_dict().items() if checkpoint_config.to_dict()[k] != v and k != "epochs")
+        if changed:
+            raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
     import keras
 
     from cvae.classifier import load_classifier
@@ -132,10 +138,6 @@ def train(
     model = build_cvae(config)
     start_epoch, history = 0, []
     if checkpoint is not None:
-        checkpoint_config = read_checkpoint_config(checkpoint)
-        if checkpoint_config != config:
-            changed = sorted(k for k, v in config.to_dict().items() if checkpoint_config.to_dict()[k] != v)
-            raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
         start_epoch, history = restore_checkpoint(model, checkpoint)
     outcome = {"status": STATUS_COMPLETED, "checkpoint": None}
     setup_seconds = time.perf_counter() - entered  # imports, data, classifier, model: paid once per run
@@ -259,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"training {args.preset} on {config.dataset}; resuming from {resume_from}" if resume_from
           else f"training {args.preset} on {config.dataset}", flush=True)
-    result = train(config, report=write_row, checkpoint=resume_from, checkpoint_dir=out / "checkpoints",
-                   verbose=0 if args.quiet else 1)
+    try:
+        result = train(config, report=write_row, checkpoint=resume_from, checkpoint_dir=out / "checkpoints",
+                       verbose=0 if args.quiet else 1)
+    except ValueError as error:  # e.g. --resume with settings that differ from the checkpoint's
+        parser.exit(2, f"error: {error}\n")
     print(f"{result['status']} after {result['epochs_run']} epoch(s) this run; data: {result['dataset_source']}; "
           f"checkpoint: {result['checkpoint']}; metrics: {csv_path}")
     return 0 if result["status"] == STATUS_COMPLETED else 1

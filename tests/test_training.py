@@ -2,11 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from cvae.metrics import METRICS
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -45,25 +48,44 @@ def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
     from cvae.train import restore_checkpoint, train
 
     reports, _, checkpoint = tiny_run
+    # other settings must match the checkpoint; only the number of epochs may grow
+    with pytest.raises(ValueError, match="different settings: latent_dim"):
+        train(tiny_config.replace(latent_dim=9, epochs=3), checkpoint=checkpoint)
     longer = tiny_config.replace(epochs=3)
-    # the checkpoint's config must match; the trainer refuses a silently different run
-    with pytest.raises(ValueError, match="different settings: epochs"):
-        train(longer, checkpoint=checkpoint)
-    # same settings, more epochs: rewrite the checkpoint's config as a user would by resuming a longer run
-    resumable = tmp_path / "epoch_0002"
-    import shutil
-
-    shutil.copytree(checkpoint, resumable)
-    (resumable / "config.json").write_text(longer.to_json())
     model = build_cvae(longer)
-    epoch, history = restore_checkpoint(model, resumable)
+    epoch, history = restore_checkpoint(model, checkpoint)
     assert epoch == 2 and len(history) == 2
     assert int(np.asarray(model.optimizer.iterations)) > 0  # optimizer state came back
     resumed = []
-    result = train(longer, report=resumed.append, checkpoint=resumable, checkpoint_dir=tmp_path / "more")
+    result = train(longer, report=resumed.append, checkpoint=checkpoint, checkpoint_dir=tmp_path / "more")
     assert [r["epoch"] for r in resumed] == [3]
     assert result["epochs_run"] == 3 and result["history"][:2] == history
+    assert resumed[0]["grey_weight"] == pytest.approx(longer.grey_weight)
     assert (tmp_path / "more" / "epoch_0003").is_dir()
+
+
+def test_train_cli_writes_run_folder_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "cvae.train", "--preset", "model_4", "--dataset", "mnist-5k",
+               "--max-train-samples", "200", "--set", "eval_samples=100", "--set", "sweep_latents=1",
+               "--set", "width=0.25", "--set", "latent_dim=4", "--out", str(out), "--quiet"]
+    first = subprocess.run(command + ["--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["latent_dim"] == 4
+    assert (out / "checkpoints" / "epoch_0001" / "decoder.keras").is_file()
+    again = subprocess.run(command + ["--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds a run; pass --resume" in again.stderr
+    resumed = subprocess.run(command + ["--epochs", "2", "--resume"], cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    import pandas as pd
+
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002"]
+    mismatch = subprocess.run(command + ["--epochs", "3", "--resume", "--set", "latent_dim=5"], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    assert mismatch.returncode == 2 and "different settings: latent_dim" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr
 
 
 def test_nan_loss_ends_as_diverged(tiny_config):
