@@ -113,24 +113,31 @@ def keep_loopback_address(address: str | None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
-def start_ray(address: str | None, num_trials_cpus: float):
+def start_ray(address: str | None, spec) -> None:
     import ray
 
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}  # TensorFlow's C++ chatter
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
-        ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES},
+        ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
+                                               "env_vars": quiet},
                  _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}},
-                 log_to_driver=True)
+                 runtime_env={"env_vars": {"PYTHONPATH": path, **quiet}}, log_to_driver=True)
     resources = ray.cluster_resources()
     print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
           flush=True)
-    if resources.get("CPU", 0) < num_trials_cpus:
-        print(f"warning: a trial asks for {num_trials_cpus:g} CPUs but the cluster has {resources.get('CPU', 0):g}; "
-              "trials will wait forever. Lower --cpus-per-trial.", file=sys.stderr)
+    for kind, wanted in (("CPU", spec.cpu), ("GPU", spec.gpu)):
+        if wanted > resources.get(kind, 0):
+            message = (f"a trial asks for {wanted:g} {kind}s but the cluster has {resources.get(kind, 0):g}; "
+                       f"lower --{kind.lower()}s-per-trial")
+            if not address:  # a local instance will never grow: trials would wait forever
+                ray.shutdown()
+                fail(message)
+            print(f"warning: {message} (or add nodes: trials wait until one fits)", file=sys.stderr, flush=True)
 
 
 def summarise(trials, spec, results_dir: Path) -> None:
@@ -169,7 +176,7 @@ def main(argv=None) -> int:
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    start_ray(args.address, spec.cpu)
+    start_ray(args.address, spec)
     started = time.time()
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)

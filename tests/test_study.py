@@ -175,3 +175,9 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     first_on_new_node = lost[lost["node_id"] != worker.node_id]["epoch"].min()
     assert first_on_new_node > 1  # resumed from its checkpoint instead of restarting at epoch 1
     assert epochs["node_id"].nunique() >= 2  # trials ran on more than one node
+
+
+def test_more_cpus_per_trial_than_the_machine_has_is_an_error(tmp_path):
+    result = study_cli("--space", "smoke.yaml", "--cpus-per-trial", "64", results=tmp_path, timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "a trial asks for 64 CPUs but the cluster has" in result.stderr and "Traceback" not in result.stderr
