@@ -11,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.results import TrialRecord, load_records, write_tables
+from study.results import TrialRecord, load_records, trial_status, write_tables
 from study.space import open_storage
 from study.trainable import run_trial
 
@@ -92,7 +92,7 @@ class StudyProgress(tune.Callback):
     def _record(self, trial) -> TrialRecord:
         record = self.records.get(trial.trial_id)
         if record is None:
-            params = {k: v for k, v in trial.config.items()}
+            params = dict(trial.config)
             record = self.records[trial.trial_id] = TrialRecord(trial.trial_id, params)
             try:
                 record.planned_epochs = self.spec.trial_config(params).epochs
@@ -129,8 +129,6 @@ class StudyProgress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._record(trial)
         record.finished = True
-        from study.results import trial_status
-
         self._line(trial, f"ended: {trial_status(record)} after {len(record.rows)} epoch(s)")
         self._write(force=True)
 
