@@ -44,23 +44,21 @@ def model_flops(model) -> tuple[int, int]:
         input_names = {tensor.name for tensor in network.inputs}
         for layer in network.layers:
             flops = layer_flops(layer)
-            reads_input = any(getattr(node, "name", None) in input_names for node in _inbound(layer))
             forward += flops
-            training += flops * (2 if reads_input else 3)
+            training += flops * (2 if _reads_only_inputs(layer, input_names) else 3)
     return forward, training
 
 
-def _inbound(layer):
+def _reads_only_inputs(layer, input_names: set) -> bool:
+    """True when every input of `layer` is a model input (possibly flattened): no input gradient needed."""
+    def is_input(tensor) -> bool:
+        if tensor.name in input_names:
+            return True
+        producer = getattr(tensor, "_keras_history", None)
+        return producer is not None and producer[0].__class__.__name__ == "Flatten" and is_input(producer[0].input)
+
     tensors = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-    # a layer fed by Flatten(image) still reads the raw input: follow one Flatten/Concatenate hop back
-    found = []
-    for tensor in tensors:
-        found.append(tensor)
-        history = getattr(tensor, "_keras_history", None)
-        if history is not None and history[0].__class__.__name__ in ("Flatten", "Concatenate"):
-            parent = history[0].input
-            found.extend(parent if isinstance(parent, (list, tuple)) else [parent])
-    return found
+    return all(is_input(tensor) for tensor in tensors)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
@@ -199,7 +197,6 @@ def main() -> None:
         print(f"evaluation, {label}: {evaluation_seconds:.2f} s per epoch "
               f"(samples+metrics {sample_seconds:.2f} s, held-out loss {per_image_validation * held_images:.2f} s) "
               f"= {100 * evaluation_seconds / epoch_seconds:.1f} % of a {epoch_seconds:.1f} s training epoch")
-    np.asarray(0)
 
 
 if __name__ == "__main__":
