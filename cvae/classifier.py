@@ -135,7 +135,7 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
     fingerprint = _fingerprint(raw.images, raw.labels, validation_fraction)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / f"classifier-{raw.name}-{fingerprint}.keras"
+    model_path = folder / f"classifier-{fingerprint}.keras"  # same digits, same classifier (mnist fallback = mnist-5k)
     info_path = model_path.with_suffix(".json")
     # Parallel trials on one machine wait for the first one instead of all training the same network.
     with FileLock(str(model_path) + ".lock"):

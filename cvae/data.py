@@ -18,6 +18,8 @@ CONDITION_DIM = NUM_CLASSES + 1
 SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 DOWNLOAD_TIMEOUT_S = 15.0
+OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
+_failed_downloads: set[str] = set()  # a failed download is not retried in the same process
 
 
 class DatasetError(RuntimeError):
@@ -207,11 +209,17 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
                 return Dataset(images, labels.astype(np.int64), f"idx:{folder}", name)
             except (OSError, DatasetError) as error:
                 tried.append(f"{folder} ({type(error).__name__})")
-    try:
-        images, labels = download_keras(name)
-        return Dataset(images, labels.astype(np.int64), "keras-download", name)
-    except Exception as error:  # any network/SSL/HTTP failure means "offline": fall through
-        tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
+    if os.environ.get(OFFLINE_ENV) == "1":
+        tried.append(f"keras download (skipped: {OFFLINE_ENV}=1)")
+    elif name in _failed_downloads:
+        tried.append("keras download (failed earlier in this process)")
+    else:
+        try:
+            images, labels = download_keras(name)
+            return Dataset(images, labels.astype(np.int64), "keras-download", name)
+        except Exception as error:  # any network/SSL/HTTP failure means "offline": fall through
+            _failed_downloads.add(name)
+            tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
     if name == "mnist":
         warnings.warn(
             "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "

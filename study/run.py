@@ -113,20 +113,36 @@ def keep_loopback_address(address: str | None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
-def start_ray(address: str | None, spec) -> None:
+def check_download(spec) -> dict:
+    """Look for the study's dataset once in the driver; if only the embedded fallback is reachable, tell the
+    trials (CVAE_OFFLINE=1) so that each does not spend seconds on a download that cannot work."""
+    from cvae.data import OFFLINE_ENV, keras_cache_dir, load_dataset
+
+    config = spec.trial_config({})
+    cached = keras_cache_dir() / "mnist.npz"
+    if config.dataset != "mnist" or config.data_path or cached.exists() or os.environ.get(OFFLINE_ENV):
+        return {}
+    print("looking for full MNIST (keras cache, then a download) ...", flush=True)
+    source = load_dataset(config.dataset).source
+    print(f"  dataset source: {source}", flush=True)
+    return {OFFLINE_ENV: "1"} if "fallback" in source else {}
+
+
+def start_ray(address: str | None, spec, extra_env: dict) -> None:
     import ray
 
-    quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}  # TensorFlow's C++ chatter
+    # quiet TensorFlow C++ logs, plus what the driver learned (e.g. no network)
+    worker_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra_env}
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
         ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
-                                               "env_vars": quiet},
+                                               "env_vars": worker_env},
                  _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": path, **quiet}}, log_to_driver=True)
+                 runtime_env={"env_vars": {"PYTHONPATH": path, **worker_env}}, log_to_driver=True)
     resources = ray.cluster_resources()
     print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
           flush=True)
@@ -176,7 +192,7 @@ def main(argv=None) -> int:
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    start_ray(args.address, spec)
+    start_ray(args.address, spec, check_download(spec))
     started = time.time()
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)

@@ -95,6 +95,12 @@ def test_user_idx_folder_and_npz(tmp_path):
         data.load_dataset("mnist", str(tmp_path / "missing.npz"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_download_memory(monkeypatch):
+    monkeypatch.setattr(data, "_failed_downloads", set())
+    monkeypatch.delenv(data.OFFLINE_ENV, raising=False)
+
+
 def test_lookup_order_cache_then_download_then_embedded(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     calls = []
@@ -108,6 +114,9 @@ def test_lookup_order_cache_then_download_then_embedded(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="FALLING BACK to the embedded 5,000-digit MNIST sample"):
         fallback = data.load_dataset("mnist")
     assert calls == ["mnist"] and fallback.source == "embedded-mnist-5k (fallback)" and len(fallback.labels) == 5000
+    with pytest.warns(UserWarning, match="failed earlier in this process"):
+        data.load_dataset("mnist")
+    assert calls == ["mnist"]  # a failed download is not retried in the same process
     # 2. a keras cache file is used before any download is attempted
     (tmp_path / "datasets").mkdir()
     images = np.random.default_rng(0).integers(0, 255, (20, 28, 28), dtype=np.uint8)
@@ -124,6 +133,9 @@ def test_download_is_used_when_cache_is_missing(tmp_path, monkeypatch):
     images = np.zeros((10, 28, 28), np.uint8)
     monkeypatch.setattr(data, "download_keras", lambda name: (images, np.arange(10)))
     assert data.load_dataset("mnist").source == "keras-download"
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")  # the study driver found no network: trials skip the attempt
+    with pytest.warns(UserWarning, match="skipped: CVAE_OFFLINE=1"):
+        assert data.load_dataset("mnist").source == "embedded-mnist-5k (fallback)"
 
 
 def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch):
