@@ -198,7 +198,12 @@ def main(argv=None) -> int:
                                                                                      args.reuse_actors)
     grid = tuner.fit()
     trials, _ = write_tables(results_dir, records_from_grid(grid, spec), spec.metrics, spec.modes)
-    print(f"finished in {time.time() - started:.0f} s")
+    unfinished = int(trials["status"].isin(["running", "pending"]).sum()) if len(trials) else 0
+    if unfinished:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
+        print(f"stopped after {time.time() - started:.0f} s with {unfinished} unfinished trial(s); continue with:\n"
+              f"  python study/run.py --space {args.space} --resume" + (f" --name {spec.name}" if args.name else ""))
+    else:
+        print(f"finished in {time.time() - started:.0f} s")
     summarise(trials, spec, results_dir)
     return 0
 
