@@ -72,3 +72,26 @@ def test_metric_names_are_defined_once_with_directions():
                                      "class_parity", "grey_fraction", "ink_w1", "collapse_rate"}
     assert metrics.METRICS["class_accuracy"].mode == "max" and metrics.METRICS["fid"].mode == "min"
     assert all(m.mode in ("min", "max") for m in metrics.METRICS.values())
+
+
+def test_corrupt_classifier_cache_is_not_trusted(tmp_path):
+    import hashlib
+    import json
+
+    from cvae.classifier import _load_cached
+
+    model, info = tmp_path / "classifier.keras", tmp_path / "classifier.json"
+    model.write_bytes(b"not a keras archive")
+    good_sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    # checksum matches but the file is no model: rejected
+    info.write_text(json.dumps({"fingerprint": "abc", "sha256": good_sha, "held_out_accuracy": 0.99}))
+    with pytest.warns(UserWarning, match="unusable"):
+        assert _load_cached(model, info, "abc") is None
+    # tampered file (checksum mismatch) and a cache for other digits (fingerprint mismatch): rejected
+    for sha, fingerprint in (("0" * 64, "abc"), (good_sha, "other-digits")):
+        info.write_text(json.dumps({"fingerprint": "abc", "sha256": sha, "held_out_accuracy": 0.99}))
+        with pytest.warns(UserWarning, match="checksum or dataset fingerprint mismatch"):
+            assert _load_cached(model, info, fingerprint) is None
+    info.write_text("{ truncated")
+    with pytest.warns(UserWarning, match="unusable"):
+        assert _load_cached(model, info, "abc") is None
