@@ -115,9 +115,9 @@ def train(
     """
     entered = time.perf_counter()
     if checkpoint is not None:
-        checkpoint_config = read_checkpoint_config(checkpoint)
+        trained_with = read_checkpoint_config(checkpoint).to_dict()
         # Only the length may change: model_4 -> model_5 is the same run continued to 41 epochs.
-        changed = sorted(k for k, v in config.to_dict().items() if checkpoint_config.to_dict()[k] != v and k != "epochs")
+        changed = sorted(k for k, v in config.to_dict().items() if trained_with[k] != v and k != "epochs")
         if changed:
             raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
     import keras

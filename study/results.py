@@ -130,8 +130,7 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if missing:
         raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
                          f"run python study/run.py --space FILE first")
-    epochs = pd.read_csv(folder / EPOCHS_FILE) if (folder / EPOCHS_FILE).is_file() else pd.DataFrame()
-    return pd.read_csv(folder / TRIALS_FILE), epochs, json.loads((folder / SPEC_FILE).read_text())
+    return pd.read_csv(folder / TRIALS_FILE), _read_csv(folder / EPOCHS_FILE), json.loads((folder / SPEC_FILE).read_text())
 
 
 def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:

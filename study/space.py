@@ -309,7 +309,6 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
          "objective: a list of metrics (multi-objective) cannot be used with scheduler type asha; use fifo")
     if spec.algorithm == "grid":
         need(all(p.distribution == "categorical" for p in spec.parameters), "search: grid needs values: [...] lists")
-        need(not spec.multi_objective or spec.scheduler == "fifo", "grid with several metrics needs fifo")
     else:
         need(bool(spec.parameters), "parameters: an optuna search needs at least one parameter")
         need(all(p.name != PRESET_PARAMETER for p in spec.parameters),

@@ -74,6 +74,14 @@ def param_space(spec) -> dict:
     return space
 
 
+def planned_epochs(spec, params: dict) -> int | None:
+    """How many epochs a trial with these params is meant to run (None if the params are not valid)."""
+    try:
+        return spec.trial_config(params).epochs
+    except ValueError:
+        return None
+
+
 class StudyProgress(tune.Callback):
     """Prints one line per trial event and keeps trials.csv / epochs.csv current while the study runs."""
 
@@ -93,11 +101,8 @@ class StudyProgress(tune.Callback):
         record = self.records.get(trial.trial_id)
         if record is None:
             params = dict(trial.config)
-            record = self.records[trial.trial_id] = TrialRecord(trial.trial_id, params)
-            try:
-                record.planned_epochs = self.spec.trial_config(params).epochs
-            except ValueError:
-                pass
+            record = self.records[trial.trial_id] = TrialRecord(
+                trial.trial_id, params, planned_epochs=planned_epochs(self.spec, params))
         return record
 
     def _line(self, trial, text: str) -> None:
@@ -206,17 +211,14 @@ def records_from_grid(grid, spec) -> list[TrialRecord]:
         rows = [] if frame is None else [
             {k: v for k, v in row.items() if not str(k).startswith("config/")} for row in frame.to_dict("records")]
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        checkpoint = None
         try:
-            best = result.get_best_checkpoint(spec.metrics[0], spec.modes[0])
-            checkpoint = (best or result.checkpoint).path if (best or result.checkpoint) else None
-        except (RuntimeError, ValueError, KeyError):
-            checkpoint = result.checkpoint.path if result.checkpoint else None
+            chosen = result.get_best_checkpoint(spec.metrics[0], spec.modes[0])
+        except (RuntimeError, ValueError, KeyError):  # no scored checkpoint (e.g. diverged at once)
+            chosen = None
+        chosen = chosen or result.checkpoint
         record = TrialRecord(trial_id, dict(result.config or {}), rows, error=str(result.error) if result.error else None,
-                             checkpoint=checkpoint, finished=states.get(trial_id, "TERMINATED") in ("TERMINATED", "ERROR"))
-        try:
-            record.planned_epochs = spec.trial_config(record.params).epochs
-        except ValueError:
-            pass
+                             checkpoint=chosen.path if chosen else None,
+                             finished=states.get(trial_id, "TERMINATED") in ("TERMINATED", "ERROR"))
+        record.planned_epochs = planned_epochs(spec, record.params)
         records.append(record)
     return records
