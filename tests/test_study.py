@@ -171,9 +171,12 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     assert set(trials["status"]) == {"completed"} and len(trials) == 2, trials[["trial_id", "status", "error"]]
     lost = epochs[epochs["trial_id"] == lost_trial]
     assert lost["node_id"].nunique() >= 2  # it ran on the lost worker, then elsewhere
-    assert sorted(lost["epoch"].unique()) == [1, 2, 3, 4, 5]  # and continued: every epoch reported
-    first_on_new_node = lost[lost["node_id"] != worker.node_id]["epoch"].min()
-    assert first_on_new_node > 1  # resumed from its checkpoint instead of restarting at epoch 1
+    assert lost["epoch"].is_unique and lost["epoch"].max() == 5
+    after = sorted(lost[lost["node_id"] != worker.node_id]["epoch"])
+    # resumed from its checkpoint instead of restarting at epoch 1, then ran every remaining epoch once.
+    # (An epoch whose checkpoint was saved just before the node died can be missing from the table: its
+    # result never reached the driver. The retry still starts after it, as asserted here.)
+    assert after[0] > 1 and after == list(range(after[0], 6))
     assert epochs["node_id"].nunique() >= 2  # trials ran on more than one node
 
 
