@@ -157,14 +157,17 @@ class EvaluationSet:
     sweep_thickness: np.ndarray
     sweep_latents: np.ndarray
     real_images: np.ndarray  # the held-out images behind `conditions`
-    real_features: np.ndarray
+    real_features: np.ndarray | None  # None when built without a classifier (sweeps only)
     real_relative: np.ndarray
     stats: ThicknessStats
 
 
 def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, latent_dim: int,
                         eval_samples: int, sweep_latents: int, eval_seed: int) -> EvaluationSet:
-    """Pick held-out conditions and draw latents with fixed seeds; measure the real references once."""
+    """Pick held-out conditions and draw latents with fixed seeds; measure the real references once.
+
+    `classifier` may be None where only the thickness sweep is needed (no fid, no class accuracy).
+    """
     chosen = stratified_subset(held_out.labels, eval_samples, seed=eval_seed)
     labels = held_out.labels[chosen]
     real_images = held_out.images[chosen]
@@ -176,7 +179,7 @@ def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, late
     row_labels = np.repeat(np.arange(NUM_CLASSES), sweep_latents)
     sweep_labels = np.repeat(row_labels, len(SWEEP_THICKNESS))
     sweep_thickness = np.tile(SWEEP_THICKNESS, len(row_labels))
-    real_features, _ = classifier.predict(real_images)
+    real_features = classifier.predict(real_images)[0] if classifier is not None else None
     return EvaluationSet(
         conditions=make_conditions(labels, held_out.thickness[chosen]),
         labels=labels,
@@ -211,6 +214,31 @@ def image_metrics(images: np.ndarray, labels: np.ndarray, evaluation: Evaluation
         "ink_w1": ink_w1(images, evaluation.real_images),
         "collapse_rate": collapse_rate(images),
     }
+
+
+def sweep_profile(images: np.ndarray, evaluation: EvaluationSet) -> list[dict]:
+    """One row per (digit, requested thickness) of the sweep: measured thickness and relative stroke width.
+
+    `measured_thickness` uses the trial's own normalisation; `relative_width` is the class's median
+    stroke width over the other classes' at that thickness (as in class_parity), next to the real
+    digits' `real_relative_width`.
+    """
+    measured = thickness_of(images, evaluation.sweep_labels, evaluation.stats)
+    widths = stroke_width(images)
+    rows = []
+    for value in np.unique(evaluation.sweep_thickness):
+        members = evaluation.sweep_thickness == value
+        relative = relative_widths(widths[members], evaluation.sweep_labels[members])
+        for digit in range(NUM_CLASSES):
+            chosen = members & (evaluation.sweep_labels == digit)
+            if not chosen.any():
+                continue
+            rows.append({"digit": digit, "requested_thickness": float(value),
+                         "measured_thickness": float(np.mean(measured[chosen])),
+                         "measured_thickness_std": float(np.std(measured[chosen])),
+                         "relative_width": float(relative[digit]),
+                         "real_relative_width": float(evaluation.real_relative[digit])})
+    return rows
 
 
 def sweep_metrics(images: np.ndarray, evaluation: EvaluationSet) -> dict[str, float]:

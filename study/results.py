@@ -88,7 +88,7 @@ def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tu
 
 def load_records(folder: Path) -> list[TrialRecord]:
     """TrialRecords back from a results folder's tables (a resumed driver keeps what was already written)."""
-    trials, epochs = (_read_csv(Path(folder) / name) for name in (TRIALS_FILE, EPOCHS_FILE))
+    trials, epochs = (read_table(Path(folder) / name) for name in (TRIALS_FILE, EPOCHS_FILE))
     records = []
     for _, trial in trials.iterrows():
         params = {k[len("param_"):]: _plain(v) for k, v in trial.items() if k.startswith("param_")}
@@ -102,9 +102,10 @@ def load_records(folder: Path) -> list[TrialRecord]:
     return records
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV table of a results folder; empty if missing or empty."""
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={"trial_id": str})  # an all-digit id must not turn into a number
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame()
 
@@ -130,7 +131,8 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if missing:
         raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
                          f"run python study/run.py --space FILE first")
-    return pd.read_csv(folder / TRIALS_FILE), _read_csv(folder / EPOCHS_FILE), json.loads((folder / SPEC_FILE).read_text())
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    return read_table(folder / TRIALS_FILE), read_table(folder / EPOCHS_FILE), spec
 
 
 def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:

@@ -127,6 +127,13 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
+        """The inverse of to_dict (a results folder's study.json back to a spec)."""
+        parameters = tuple(Parameter(**{**p, "values": tuple(p.get("values") or ())}) for p in data.get("parameters", ()))
+        tuples = {key: tuple(data[key]) for key in ("metrics", "modes") if key in data}
+        return cls(**{**data, "parameters": parameters, **tuples})
+
 
 def open_storage(url: str):
     """An Optuna RDB storage (sqlite:///..., postgresql://...), created if missing."""

@@ -82,3 +82,19 @@ def test_cli_unreadable_checkpoint(tmp_path):
     assert "Traceback" not in result.stderr
     result = run_cli(tmp_path / "nowhere")
     assert result.returncode == 2 and "is not a checkpoint folder" in result.stderr
+
+
+def test_checkpoint_details_agree_with_the_reported_metrics(tiny_run):
+    """The per-class sweep of a checkpoint is the same sweep its epoch's thickness and parity metrics came from."""
+    from cvae.diagnostics import GRID_THICKNESS, describe_checkpoint
+    from cvae.metrics import SWEEP_THICKNESS
+
+    reports, _, checkpoint = tiny_run
+    rows, grid = describe_checkpoint(checkpoint)
+    assert len(rows) == 10 * len(SWEEP_THICKNESS)
+    assert sorted({row["requested_thickness"] for row in rows}) == pytest.approx(sorted(SWEEP_THICKNESS))
+    assert grid.shape == (10, len(GRID_THICKNESS), 28, 28) and grid.dtype == np.uint8
+    real = np.array([row["real_relative_width"] for row in rows])
+    generated = np.nan_to_num(np.array([row["relative_width"] for row in rows]), nan=0.0)
+    present = np.isfinite(real)
+    assert np.mean(np.abs(generated - real)[present]) == pytest.approx(reports[-1]["class_parity"], rel=1e-6)

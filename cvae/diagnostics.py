@@ -1,0 +1,34 @@
+"""What one checkpoint draws beyond the scalar metrics: the per-class thickness sweep and a fixed sample grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cvae.data import NUM_CLASSES, prepare_data
+from cvae.metrics import generate, make_evaluation_set, sweep_profile
+
+GRID_THICKNESS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_SEED = 0  # one latent per digit row, the same for every checkpoint of a latent size
+
+
+def describe_checkpoint(checkpoint: str | Path) -> tuple[list[dict], np.ndarray]:
+    """Sweep profile and sample grid of a checkpoint, with the trial's own evaluation latents.
+
+    Args:
+        checkpoint: a checkpoint folder written by cvae.train (decoder.keras, config.json, ...).
+    Returns:
+        (rows of cvae.metrics.sweep_profile, grid of shape (10 digits, len(GRID_THICKNESS), 28, 28) as uint8).
+    """
+    from cvae.sample import draw_grid, load_generator
+
+    _, decoder, config, stats = load_generator(checkpoint)
+    data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction,
+                        config.max_train_samples, config.data_path)
+    # No classifier: the sweep needs only the trial's thickness statistics and the real stroke widths.
+    evaluation = make_evaluation_set(data.held_out, stats, None, config.latent_dim, config.eval_samples,
+                                     config.sweep_latents, config.eval_seed)
+    sweep = generate(decoder, evaluation.sweep_latents, evaluation.sweep_conditions)
+    grid = draw_grid(decoder, range(NUM_CLASSES), GRID_THICKNESS, seed=GRID_SEED)
+    return sweep_profile(sweep, evaluation), np.round(grid * 255).astype(np.uint8)

@@ -1,0 +1,247 @@
+"""Verdicts on the claims (a)-(e) of DESIGN.md §1, each with the numbers behind it, from a study's tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cvae.metrics import METRICS
+from study.plots import MODEL, with_models
+
+CLAIMS = {
+    "a": "the thickness condition is respected",
+    "b": "per-class normalisation fixed '1' being drawn thicker than other digits at the same condition value",
+    "c": "the grey loss made images much sharper",
+    "d": "more epochs reduce awkward images",
+    "e": "grey loss from epoch 1 can collapse to black",
+}
+SIGNIFICANCE = 0.05  # Welch's t-test over seeds / trials; with 3 seeds only large effects pass
+RESPECTED_CORRELATION = 0.8  # Spearman requested vs measured thickness that counts as "respected"
+COLLAPSED = 0.5  # collapse_rate at or above which a trial counts as collapsed to black
+TOO_FEW = "too few seeds"  # a comparison with fewer than 2 values on a side cannot be tested
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str  # "a".."e"
+    verdict: str  # supported | partly supported | not supported | contradicted | not tested
+    evidence: str
+
+    def line(self) -> str:
+        return f"({self.claim}) {CLAIMS[self.claim]}: **{self.verdict}**: {self.evidence}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`candidate` vs `reference` on one metric: means, Welch p-value, and whether the candidate is better."""
+
+    metric: str
+    candidate: np.ndarray
+    reference: np.ndarray
+
+    @property
+    def difference(self) -> float:
+        return float(np.mean(self.candidate) - np.mean(self.reference))
+
+    @property
+    def p_value(self) -> float:
+        if len(self.candidate) < 2 or len(self.reference) < 2:
+            return math.nan
+        if np.ptp(np.concatenate([self.candidate, self.reference])) == 0:
+            return 1.0
+        return float(stats.ttest_ind(self.candidate, self.reference, equal_var=False).pvalue)
+
+    def outcome(self) -> str:
+        """better | worse (significant either way) | no clear difference | too few seeds"""
+        if math.isnan(self.p_value):
+            return TOO_FEW
+        if self.p_value >= SIGNIFICANCE:
+            return "no clear difference"
+        lower_is_better = METRICS[self.metric].mode == "min" if self.metric in METRICS else True
+        return "better" if (self.difference < 0) == lower_is_better else "worse"
+
+    def text(self, candidate: str, reference: str) -> str:
+        return (f"{self.metric} {candidate} {np.mean(self.candidate):.4g} vs {reference} {np.mean(self.reference):.4g} "
+                f"(Δ {self.difference:+.3g}, p={self.p_value:.2g}, n={len(self.candidate)}/{len(self.reference)}: "
+                f"{self.outcome()})")
+
+
+def compare(frame: pd.DataFrame, metric: str, candidate, reference, column: str = MODEL) -> Comparison:
+    values = {name: frame.loc[frame[column] == name, metric].astype(float).dropna().to_numpy()
+              for name in (candidate, reference)}
+    return Comparison(metric, values[candidate], values[reference])
+
+
+def _combine(outcomes: list[str]) -> str:
+    if outcomes and all(o == TOO_FEW for o in outcomes):
+        return "not tested (fewer than 2 seeds per model)"
+    if outcomes and all(o == "better" for o in outcomes):
+        return "supported"
+    if any(o == "worse" for o in outcomes) and not any(o == "better" for o in outcomes):
+        return "contradicted"
+    if any(o == "better" for o in outcomes):
+        return "partly supported"
+    return "not supported"
+
+
+def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
+    """Per trial: the digit's generated relative stroke width minus the real one, averaged over thickness."""
+    rows = details[details["digit"] == digit]
+    excess = (rows["relative_width"] - rows["real_relative_width"]).groupby(rows["trial_id"]).mean()
+    return excess.rename("digit_excess").reset_index()
+
+
+# ---------------------------------------------------------------- claims on a grid of presets (Model 1-5)
+
+
+def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
+    """Verdicts from a study whose trials are labelled model_1..model_5 (any subset; missing pairs -> not tested)."""
+    trials = with_models(trials)
+    trials = trials[trials["status"] == "completed"]
+    present = set(trials[MODEL])
+    verdicts = [_thickness_respected(trials, details, sorted(present))]
+
+    if {"model_1", "model_2"} <= present:
+        parts = [compare(trials, "class_parity", "model_2", "model_1")]
+        texts = [parts[0].text("model_2 (per_class)", "model_1 (global)")]
+        if details is not None and not details.empty:
+            excess = with_models(digit_excess(details).merge(trials[["trial_id", MODEL]], on="trial_id"))
+            excess["abs_excess"] = excess["digit_excess"].abs()
+            one = Comparison("digit-1 |width excess|", *(excess.loc[excess[MODEL] == m, "abs_excess"].to_numpy()
+                                                          for m in ("model_2", "model_1")))
+            parts.append(one)
+            global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"].mean()
+            texts.append(f"digit 1 drawn {global_excess:+.3f} relative width vs real under global; " +
+                         one.text("model_2", "model_1"))
+        verdicts.append(Verdict("b", _combine([p.outcome() for p in parts]), "; ".join(texts)))
+    else:
+        verdicts.append(Verdict("b", "not tested", "needs model_1 (global) and model_2 (per_class)"))
+
+    pairs = [(a, b) for a, b in (("model_4", "model_2"), ("model_5", "model_3")) if {a, b} <= present]
+    if pairs:
+        sharper = [compare(trials, "grey_fraction", a, b) for a, b in pairs]
+        side = [compare(trials, m, a, b).text(a, b) for a, b in pairs for m in ("fid", "ink_w1")]
+        verdicts.append(Verdict("c", _combine([c.outcome() for c in sharper]),
+                                "; ".join(c.text(a, b) for c, (a, b) in zip(sharper, pairs))
+                                + ". Side effects (sharper is not automatically more realistic): " + "; ".join(side)))
+    else:
+        verdicts.append(Verdict("c", "not tested", "needs model_4 vs model_2 or model_5 vs model_3"))
+
+    pairs = [(a, b) for a, b in (("model_3", "model_2"), ("model_5", "model_4")) if {a, b} <= present]
+    if pairs:
+        parts = [(compare(trials, m, a, b), a, b) for a, b in pairs for m in ("fid", "class_accuracy")]
+        verdicts.append(Verdict("d", _combine([c.outcome() for c, _, _ in parts]),
+                                "; ".join(c.text(a, b) for c, a, b in parts)))
+    else:
+        verdicts.append(Verdict("d", "not tested", "needs model_3 vs model_2 or model_5 vs model_4"))
+    verdicts.append(Verdict("e", "not tested", "no preset applies the grey loss from epoch 1 (all use warm-up 1 or "
+                                               "no grey loss); see the grey_loss study"))
+    return verdicts
+
+
+def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
+    per_group = trials.groupby(MODEL)[["thickness_corr", "thickness_mae"]].mean()
+    if per_group.empty:
+        return Verdict("a", "not tested", "no completed trial")
+    worst = per_group["thickness_corr"].idxmin()
+    evidence = ", ".join(f"{g} {per_group.loc[g, 'thickness_corr']:.3f}" for g in groups if g in per_group.index)
+    evidence = (f"Spearman(requested, measured) per model: {evidence}; mean abs. error "
+                f"{per_group['thickness_mae'].min():.3f}–{per_group['thickness_mae'].max():.3f}")
+    if details is not None and not details.empty:
+        error = (details["measured_thickness"] - details["requested_thickness"]).abs().groupby(details["digit"]).mean()
+        evidence += (f"; per digit (sweep, all trials) the largest mean abs. error is digit {error.idxmax()} "
+                     f"at {error.max():.3f}")
+    lowest = per_group.loc[worst, "thickness_corr"]
+    verdict = ("supported" if lowest >= RESPECTED_CORRELATION else
+               "partly supported" if per_group["thickness_corr"].max() >= RESPECTED_CORRELATION else "not supported")
+    return Verdict("a", verdict, evidence + f" (threshold {RESPECTED_CORRELATION})")
+
+
+# ---------------------------------------------------------------- claims on a searched study (grey_loss)
+
+
+def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
+    """Verdicts from a searched study over grey_weight / warmup_epochs / condition_mode (whatever it varied)."""
+    finished = trials[trials["status"].isin(("completed", "pruned"))].copy()
+    completed = finished[finished["status"] == "completed"]
+    verdicts = []
+    if len(completed):
+        corr = completed["thickness_corr"].astype(float)
+        verdicts.append(Verdict(
+            "a", "supported" if corr.median() >= RESPECTED_CORRELATION else "not supported",
+            f"thickness_corr over {len(completed)} completed trials: median {corr.median():.3f}, "
+            f"range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION})"))
+    else:
+        verdicts.append(Verdict("a", "not tested", "no completed trial"))
+
+    if "param_condition_mode" in finished and finished["param_condition_mode"].nunique() == 2:
+        parity = compare(finished, "class_parity", "per_class", "global", column="param_condition_mode")
+        verdicts.append(Verdict("b", _combine([parity.outcome()]),
+                                parity.text("per_class", "global") + " (trials differ in the other searched "
+                                "parameters too, so this is confounded; the Model 1–5 study isolates it)"))
+    else:
+        verdicts.append(Verdict("b", "not tested", "condition_mode was not searched"))
+
+    if "param_grey_weight" in finished:
+        applied = finished["param_grey_weight"].astype(float).where(
+            finished["epochs_run"] > finished.get("param_warmup_epochs", 0), 0.0)
+        rho = stats.spearmanr(applied, finished["grey_fraction"].astype(float), nan_policy="omit")
+        verdict = "supported" if rho.statistic < -0.3 and rho.pvalue < SIGNIFICANCE else (
+            "contradicted" if rho.statistic > 0.3 and rho.pvalue < SIGNIFICANCE else "not supported")
+        fid_rho = stats.spearmanr(applied, finished["fid"].astype(float), nan_policy="omit")
+        verdicts.append(Verdict("c", verdict, f"Spearman(grey weight applied, grey_fraction) = {rho.statistic:.3f} "
+                                f"(p={rho.pvalue:.2g}, {len(finished)} trials; weight counted as 0 where the trial "
+                                f"stopped before its warm-up ended); with fid: {fid_rho.statistic:.3f} "
+                                f"(p={fid_rho.pvalue:.2g})"))
+    else:
+        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched"))
+
+    verdicts.append(_more_epochs(epochs, finished))
+    verdicts.append(_collapse(epochs, finished))
+    return verdicts
+
+
+def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
+    """Paired within trials: fid and class_accuracy at the first reported epoch vs the last, for trials run longer."""
+    if epochs.empty:
+        return Verdict("d", "not tested", "no epochs table")
+    long_runs = finished[finished["epochs_run"] >= 4]["trial_id"]
+    rows = epochs[epochs["trial_id"].isin(long_runs)].sort_values("epoch")
+    if rows["trial_id"].nunique() < 3:
+        return Verdict("d", "not tested", "fewer than 3 trials ran 4 or more epochs")
+    first, last = rows.groupby("trial_id").first(), rows.groupby("trial_id").last()
+    outcomes, texts = [], []
+    for metric in ("fid", "class_accuracy"):
+        delta = (last[metric] - first[metric]).dropna()
+        test = stats.wilcoxon(delta) if len(delta) >= 3 and np.ptp(delta) > 0 else None
+        p = test.pvalue if test is not None else math.nan
+        improved = (delta < 0) if METRICS[metric].mode == "min" else (delta > 0)
+        good = improved.mean() > 0.5
+        outcomes.append(("better" if good else "worse") if p < SIGNIFICANCE else "no clear difference")
+        texts.append(f"{metric} improved from first to last epoch in {improved.sum()}/{len(delta)} trials "
+                     f"(mean Δ {delta.mean():+.3g}, Wilcoxon p={p:.2g})")
+    return Verdict("d", _combine(outcomes), "; ".join(texts) + " (trials with ≥ 4 epochs)")
+
+
+def _collapse(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
+    """Worst collapse_rate over each trial's epochs, grey from epoch 1 vs after a warm-up."""
+    if "param_warmup_epochs" not in finished or epochs.empty:
+        return Verdict("e", "not tested", "warmup_epochs was not searched")
+    worst = epochs.groupby("trial_id")["collapse_rate"].max().rename("worst_collapse")
+    frame = finished.merge(worst, left_on="trial_id", right_index=True)
+    grey = frame["param_grey_weight"].astype(float) > 0 if "param_grey_weight" in frame else True
+    from_start = frame[(frame["param_warmup_epochs"] == 0) & grey]
+    later = frame[(frame["param_warmup_epochs"] > 0) & grey]
+    if from_start.empty:
+        return Verdict("e", "not tested", "no trial applied the grey loss from epoch 1")
+    collapsed = (from_start["worst_collapse"] >= COLLAPSED).sum()
+    collapsed_later = (later["worst_collapse"] >= COLLAPSED).sum()
+    evidence = (f"{collapsed}/{len(from_start)} trials with grey from epoch 1 collapsed (collapse_rate ≥ {COLLAPSED} "
+                f"at some epoch; worst {from_start['worst_collapse'].max():.3f}, grey weights "
+                f"{from_start['param_grey_weight'].min():.3g}–{from_start['param_grey_weight'].max():.3g}) vs "
+                f"{collapsed_later}/{len(later)} with a warm-up")
+    return Verdict("e", "supported" if collapsed else "not supported (not reproduced here)", evidence)

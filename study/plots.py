@@ -1,0 +1,337 @@
+"""Seaborn figures and tables from a study's results (trials.csv, epochs.csv, details.csv, samples.npz)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from cvae.config import REPORTED_TRAIN_LOSS
+from cvae.metrics import METRICS, SAMPLE_METRICS
+
+MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed
+SEED_PARAMETER = "param_seed"
+MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
+CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
+                 "collapse_rate")
+GREY_PARAMETERS = ("grey_weight", "grey_threshold", "warmup_epochs")
+GREY_METRICS = ("fid", "grey_fraction", "collapse_rate")
+
+
+def _direction(metric: str) -> str:
+    return "lower is better" if METRICS[metric].mode == "min" else "higher is better"
+
+
+def label_models(frame: pd.DataFrame) -> pd.Series:
+    """A group label per row: the preset if the study varied presets, else its parameters without the seed."""
+    if "param_preset" in frame:
+        return frame["param_preset"].astype(str)
+    columns = [c for c in frame.columns if c.startswith("param_") and c != SEED_PARAMETER]
+    if not columns:
+        return frame["trial_id"].astype(str)
+    return frame[columns].apply(
+        lambda row: ", ".join(f"{c[len('param_'):]}={_short(v)}" for c, v in row.items()), axis=1)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def with_models(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the MODEL column added (if missing)."""
+    frame = frame.copy()
+    if MODEL not in frame:
+        frame[MODEL] = label_models(frame)
+    return frame
+
+
+def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
+    """Mean and std over seeds of each metric at every trial's last epoch, one row per model.
+
+    Columns: `seeds`, `epochs`, then `<metric>_mean` / `<metric>_std` per metric, and `reported_loss`
+    (the final train loss the reference experiment reported on 60k MNIST) for presets.
+    """
+    frame = with_models(trials)
+    grouped = frame.groupby(MODEL, sort=True)
+    table = pd.DataFrame({"seeds": grouped.size(), "epochs": grouped["epochs_run"].max()})
+    for metric in metrics:
+        table[f"{metric}_mean"] = grouped[metric].mean()
+        table[f"{metric}_std"] = grouped[metric].std(ddof=1)
+    table["reported_loss"] = [REPORTED_TRAIN_LOSS.get(name, np.nan) for name in table.index]
+    return table
+
+
+def format_model_table(table: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
+    """model_table as 'mean ± std' strings, metrics as rows (the shape of the summary's table)."""
+    cells = {}
+    for model, row in table.iterrows():
+        column = {"seeds": f"{row['seeds']:.0f}", "epochs": f"{row['epochs']:.0f}"}
+        for metric in metrics:
+            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+            column[metric] = f"{mean:.4g}" + (f" ± {std:.2g}" if np.isfinite(std) else "")
+        column["reported loss (60k)"] = f"{row['reported_loss']:.2f}" if np.isfinite(row["reported_loss"]) else "–"
+        cells[model] = column
+    return pd.DataFrame(cells)
+
+
+# ---------------------------------------------------------------- Model 1-5 (any grid study)
+
+
+def plot_model_metrics(trials: pd.DataFrame, metrics=SAMPLE_METRICS) -> plt.Figure:
+    """One panel per metric: each model's mean over seeds with the seeds' standard deviation."""
+    frame = with_models(trials)
+    columns = 4
+    rows = math.ceil(len(metrics) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    order = sorted(frame[MODEL].unique())
+    for axis, metric in zip(axes.flat, metrics):
+        sns.pointplot(data=frame, x=MODEL, y=metric, order=order, errorbar="sd", linestyle="none", capsize=0.2, ax=axis)
+        sns.stripplot(data=frame, x=MODEL, y=metric, order=order, color="0.6", size=3, ax=axis)
+        axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
+        axis.set_xlabel("")
+        axis.set_ylabel("")
+        axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.remove()
+    figure.suptitle("Last-epoch metrics per model: mean ± std over seeds (dots: seeds)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_epoch_curves(epochs: pd.DataFrame, metrics=CURVE_METRICS) -> plt.Figure:
+    """Per-epoch curves, one panel per metric, one line per model (band: std over seeds)."""
+    frame = with_models(epochs)
+    metrics = [m for m in metrics if m in frame]
+    columns = 4
+    rows = math.ceil(len(metrics) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.0 * rows), squeeze=False)
+    for axis, metric in zip(axes.flat, metrics):
+        sns.lineplot(data=frame, x="epoch", y=metric, hue=MODEL, hue_order=sorted(frame[MODEL].unique()),
+                     errorbar="sd", ax=axis, legend=axis is axes.flat[0])
+        axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
+        axis.set_ylabel("")
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.remove()
+    if axes.flat[0].get_legend() is not None:
+        sns.move_legend(axes.flat[0], "lower left", bbox_to_anchor=(0, 1.12), ncol=5, fontsize=8, title=None)
+    figure.tight_layout()
+    return figure
+
+
+def plot_sample_grids(grids: dict[str, np.ndarray], thickness) -> plt.Figure:
+    """One panel per model: digits 0-9 (rows) x requested thickness (columns), the same latents in every panel.
+
+    Args:
+        grids: label -> uint8 array (10, len(thickness), 28, 28), as stored in samples.npz.
+        thickness: the requested thickness of each column.
+    """
+    from cvae.sample import tile
+
+    figure, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 4.4), squeeze=False)
+    for axis, (label, grid) in zip(axes.flat, grids.items()):
+        axis.imshow(tile(np.asarray(grid, dtype=np.float32) / 255.0, scale=1), cmap="gray", vmin=0, vmax=255)
+        axis.set_title(label, fontsize=9)
+        axis.set_xticks([2 + 30 * i + 14 for i in range(len(thickness))], [f"{t:g}" for t in thickness], fontsize=7)
+        axis.set_yticks([2 + 30 * i + 14 for i in range(grid.shape[0])], [str(d) for d in range(grid.shape[0])],
+                        fontsize=7)
+        axis.set_xlabel("requested thickness", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_thickness_sweeps(details: pd.DataFrame, column: str = MODEL) -> plt.Figure:
+    """Requested vs measured thickness per class, one panel per value of `column` (mean over its trials)."""
+    frame = with_models(details)
+    groups = sorted(frame[column].unique())
+    figure, axes = plt.subplots(1, len(groups), figsize=(max(3.2 * len(groups), 7), 3.4), squeeze=False,
+                             sharey=True)
+    for axis, group in zip(axes.flat, groups):
+        sns.lineplot(data=frame[frame[column] == group], x="requested_thickness", y="measured_thickness",
+                     hue="digit", palette="tab10", errorbar=None, marker="o", markersize=3, ax=axis,
+                     legend=axis is axes.flat[-1])
+        axis.plot([-1, 1], [-1, 1], color="black", linestyle="--", linewidth=1)
+        axis.set_title(str(group), fontsize=9)
+        axis.set_xlabel("requested")
+    axes.flat[0].set_ylabel("measured (trial's normalisation)")
+    if axes.flat[-1].get_legend() is not None:
+        sns.move_legend(axes.flat[-1], "upper left", bbox_to_anchor=(1, 1), fontsize=7, title="digit")
+    figure.suptitle("Thickness sweep: requested vs measured per class (dashed: perfect agreement)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_class_parity(details: pd.DataFrame, column: str = MODEL) -> plt.Figure:
+    """Per class: generated stroke width relative to the other classes, per value of `column`, next to real digits.
+
+    The real digits' bars are the target; global vs per_class normalisation shows as distance from them.
+    """
+    frame = with_models(details)
+    generated = frame.groupby([column, "digit"], as_index=False)["relative_width"].mean()
+    generated[column] = generated[column].astype(str)
+    real = frame.groupby("digit", as_index=False)["real_relative_width"].mean().rename(
+        columns={"real_relative_width": "relative_width"})
+    real[column] = "real digits"
+    bars = pd.concat([real, generated], ignore_index=True)
+    order = ["real digits", *sorted(generated[column].unique())]
+    figure, axis = plt.subplots(figsize=(10, 3.6))
+    palette = ["0.2", *sns.color_palette("tab10", len(order) - 1)]
+    sns.barplot(data=bars, x="digit", y="relative_width", hue=column, hue_order=order, palette=palette, ax=axis)
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_ylabel("stroke width / other classes'")
+    axis.set_title("Class parity: relative stroke width per class, averaged over requested thickness")
+    sns.move_legend(axis, "upper left", bbox_to_anchor=(1, 1), fontsize=8, title=None)
+    figure.tight_layout()
+    return figure
+
+
+# ---------------------------------------------------------------- searched studies
+
+
+def _objective(spec: dict) -> list[tuple[str, str]]:
+    return list(zip(spec["metrics"], spec["modes"]))
+
+
+def _searched(spec: dict) -> list[str]:
+    return [p["name"] for p in spec["parameters"]]
+
+
+def plot_objective_history(trials: pd.DataFrame, spec: dict) -> plt.Figure:
+    """Each objective at every trial's last epoch in trial order, with the best so far."""
+    objectives = _objective(spec)
+    figure, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.6), squeeze=False)
+    order = np.arange(1, len(trials) + 1)
+    for axis, (metric, mode) in zip(axes.flat, objectives):
+        values = trials[metric].astype(float).to_numpy()
+        best = pd.Series(values).cummin() if mode == "min" else pd.Series(values).cummax()
+        sns.scatterplot(x=order, y=values, hue=trials["status"].to_numpy(), ax=axis)
+        axis.plot(order, best.to_numpy(), color="black", drawstyle="steps-post", label=f"best so far ({mode})")
+        axis.set_xlabel("trial (in start order)")
+        axis.set_ylabel(f"{metric} at last epoch")
+        axis.legend(fontsize=8)
+    figure.suptitle("Objective history")
+    figure.tight_layout()
+    return figure
+
+
+def parameter_importance(trials: pd.DataFrame, spec: dict) -> pd.Series:
+    """Optuna's fANOVA importance of each searched parameter for the first objective (finished trials)."""
+    import optuna
+
+    from study.space import StudySpec
+
+    distributions = StudySpec.from_dict(spec).optuna_distributions()
+    metric, mode = _objective(spec)[0]
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    for _, row in trials.iterrows():
+        value = float(row[metric])
+        if not math.isfinite(value):
+            continue
+        params = {name: _param_value(row[f"param_{name}"], distributions[name]) for name in distributions}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    if len(study.trials) < 2:
+        raise ValueError(f"parameter importance needs at least 2 finished trials with a finite {metric}")
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return pd.Series(optuna.importance.get_param_importances(study, evaluator=evaluator), name=metric)
+
+
+def _param_value(value, distribution):
+    import optuna
+
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return int(value)
+    if isinstance(distribution, optuna.distributions.FloatDistribution):
+        return float(value)
+    return value
+
+
+def plot_parameter_importance(trials: pd.DataFrame, spec: dict) -> plt.Figure:
+    importance = parameter_importance(trials, spec)
+    figure, axis = plt.subplots(figsize=(6, 0.5 * len(importance) + 1.5))
+    sns.barplot(x=importance.to_numpy(), y=importance.index, color="tab:blue", ax=axis)
+    axis.set_xlabel(f"fANOVA importance for {importance.name} (Optuna)")
+    axis.set_ylabel("")
+    figure.tight_layout()
+    return figure
+
+
+def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
+    """One line per trial across the searched parameters (scaled to [0, 1]), coloured by the first objective."""
+    metric, mode = _objective(spec)[0]
+    names = _searched(spec)
+    frame = trials[np.isfinite(trials[metric].astype(float))]
+    scaled = {}
+    for name in names:
+        column = frame[f"param_{name}"]
+        if not pd.api.types.is_numeric_dtype(column):
+            codes = {value: i for i, value in enumerate(sorted(column.unique()))}
+            scaled[name] = column.map(codes).astype(float) / max(len(codes) - 1, 1)
+        else:
+            values = column.astype(float)
+            log = any(p["name"] == name and (p["distribution"] == "log_uniform" or p.get("log"))
+                      for p in spec["parameters"])
+            values = np.log(values) if log and (values > 0).all() else values
+            span = values.max() - values.min()
+            scaled[name] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
+    figure, axis = plt.subplots(figsize=(1.8 * len(names) + 2, 4))
+    values = frame[metric].astype(float)
+    norm = plt.Normalize(values.min(), values.max())
+    cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
+    for position in range(len(frame)):
+        axis.plot(range(len(names)), [scaled[n].iloc[position] for n in names],
+                  color=cmap(norm(values.iloc[position])), alpha=0.8)
+    axis.set_xticks(range(len(names)), names)
+    axis.set_yticks([0, 1], ["low", "high"])
+    figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label=f"{metric} (last epoch)")
+    axis.set_title("Parallel coordinates (log-scaled where searched on a log scale)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
+    """grey_weight / grey_threshold / warmup_epochs (columns) against fid, grey_fraction, collapse_rate (rows)."""
+    parameters = [p for p in GREY_PARAMETERS if f"param_{p}" in trials]
+    if not parameters:
+        raise ValueError(f"the study searched none of {', '.join(GREY_PARAMETERS)}")
+    hue = "param_condition_mode" if "param_condition_mode" in trials else None
+    figure, axes = plt.subplots(len(metrics), len(parameters), figsize=(3.6 * len(parameters), 2.8 * len(metrics)),
+                                squeeze=False)
+    for row, metric in enumerate(metrics):
+        for column, parameter in enumerate(parameters):
+            axis = axes[row, column]
+            sns.scatterplot(data=trials, x=f"param_{parameter}", y=metric, hue=hue, ax=axis,
+                            legend=(row, column) == (0, len(parameters) - 1))
+            if parameter == "grey_weight":
+                axis.set_xscale("log")
+            axis.set_xlabel(parameter if row == len(metrics) - 1 else "")
+            axis.set_ylabel(metric if column == 0 else "")
+    if hue and axes[0, -1].get_legend() is not None:
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1, 1), fontsize=8, title="condition_mode")
+    figure.suptitle("Grey-loss settings vs last-epoch fid, grey_fraction and collapse_rate")
+    figure.tight_layout()
+    return figure
+
+
+def pareto_mask(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> np.ndarray:
+    """True for trials not dominated on the given last-epoch metrics (NaN rows are never on the front)."""
+    values = np.column_stack([trials[m].astype(float).to_numpy() * (1 if mode == "min" else -1)
+                              for m, mode in zip(metrics, modes)])
+    finite = np.isfinite(values).all(axis=1)
+    return np.array([ok and not any(np.all(other <= row) and np.any(other < row) for other in values[finite])
+                     for row, ok in zip(values, finite)], dtype=bool)
+
+
+def plot_pareto(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> plt.Figure:
+    """Last-epoch fid vs grey_fraction of every trial; the non-dominated ones joined as the Pareto front."""
+    front = pareto_mask(trials, metrics, modes)
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    sns.scatterplot(x=trials[metrics[0]], y=trials[metrics[1]], color="0.6", label="trials", ax=axis)
+    on_front = trials[front].sort_values(metrics[0])
+    axis.plot(on_front[metrics[0]], on_front[metrics[1]], "o-", color="tab:red", label="Pareto front")
+    axis.set_xlabel(f"{metrics[0]} ({_direction(metrics[0])})")
+    axis.set_ylabel(f"{metrics[1]} ({_direction(metrics[1])})")
+    axis.legend()
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,261 @@
+"""CLI: python study/report.py results/<name> — figures/*.png and summary.md (tables + claim verdicts), no Jupyter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from study.results import FINISHED, best_trial, load_results, read_table  # noqa: E402
+
+DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
+FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
+
+
+# ---------------------------------------------------------------- details from checkpoints
+
+
+def final_checkpoint(best_checkpoint: str) -> Path | None:
+    """The newest checkpoint of the trial that wrote `best_checkpoint` (Tune keeps the best and the newest)."""
+    path = Path(best_checkpoint)
+    trial_dir = next((p.parent for p in (path, *path.parents) if p.name.startswith("checkpoint_")), None)
+    if trial_dir is None or not trial_dir.is_dir():
+        return path if (path / "decoder.keras").is_file() else None
+    candidates = sorted(trial_dir.glob("checkpoint_[0-9]*"))
+    return _model_folder(candidates[-1]) if candidates else None
+
+
+def _model_folder(checkpoint: Path) -> Path | None:
+    found = sorted(Path(checkpoint).rglob("decoder.keras"))
+    return found[-1].parent if found else None
+
+
+def sample_key(kind: str, trial_id: str) -> str:
+    return f"{kind}__{trial_id}"
+
+
+def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(details.csv, samples.npz) of a results folder; empty if they were never collected."""
+    details = read_table(folder / DETAILS_FILE)
+    grids = {}
+    if (folder / SAMPLES_FILE).is_file():
+        with np.load(folder / SAMPLES_FILE) as stored:
+            grids = {key: stored[key] for key in stored.files}
+    return details, grids
+
+
+def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: bool = False, log=print):
+    """Sweep profiles and sample grids from the trials' checkpoints, saved so the results need no checkpoints later.
+
+    Trials already in details.csv are kept unless `refresh`; a trial whose checkpoint is gone is skipped (said so).
+    """
+    details, grids = (pd.DataFrame(), {}) if refresh else load_details(folder)
+    done = set(details["trial_id"]) if not details.empty else set()
+    finished = trials[trials["status"].isin(FINISHED) & trials["checkpoint"].notna() & ~trials["trial_id"].isin(done)]
+    todo, missing = [], []
+    for _, trial in finished.iterrows():
+        checkpoint = final_checkpoint(trial["checkpoint"])
+        if checkpoint is None:
+            missing.append(trial["trial_id"])
+        else:
+            todo.append((trial["trial_id"], checkpoint))
+    if missing:
+        log(f"no checkpoint on disk for {len(missing)} trial(s) ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); their sweeps and samples are left out")
+    try:
+        best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+        best_folder = None if sample_key(BEST, best["trial_id"]) in grids else _model_folder(Path(best["checkpoint"]))
+    except (ValueError, TypeError):  # no finished trial yet, or no checkpoint recorded
+        best_folder = None
+    if not todo and best_folder is None:
+        return details, grids
+    from cvae.diagnostics import describe_checkpoint  # TensorFlow: only when there is something to draw
+
+    rows = []
+    for number, (trial_id, checkpoint) in enumerate(todo, 1):
+        log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples from {checkpoint}")
+        profile, grid = describe_checkpoint(checkpoint)
+        rows += [{"trial_id": trial_id, "checkpoint_epoch": _epoch_of(checkpoint), **row} for row in profile]
+        grids[sample_key(FINAL, trial_id)] = grid
+    if best_folder is not None:
+        log(f"best trial {best['trial_id']}: samples from its best checkpoint {best_folder}")
+        grids[sample_key(BEST, best["trial_id"])] = describe_checkpoint(best_folder)[1]
+    if rows:
+        details = pd.concat([details, pd.DataFrame(rows)], ignore_index=True)
+    details.to_csv(folder / DETAILS_FILE, index=False)
+    np.savez_compressed(folder / SAMPLES_FILE, **grids)
+    return details, grids
+
+
+def _epoch_of(checkpoint: Path) -> int | None:
+    name = Path(checkpoint).name
+    return int(name.split("_")[-1]) if name.startswith("epoch_") else None
+
+
+# ---------------------------------------------------------------- figures and summary
+
+
+def is_model_study(spec: dict) -> bool:
+    return spec["algorithm"] == "grid"
+
+
+def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
+    """One final-checkpoint grid per model: its lowest-seed trial that has one."""
+    from study.plots import MODEL, with_models
+
+    chosen = {}
+    frame = with_models(trials)
+    if "param_seed" in frame:
+        frame = frame.sort_values("param_seed")
+    for _, trial in frame.iterrows():
+        key = sample_key(FINAL, trial["trial_id"])
+        if trial[MODEL] not in chosen and key in grids:
+            chosen[trial[MODEL]] = grids[key]
+    return dict(sorted(chosen.items()))
+
+
+def make_figures(trials, epochs, details, grids, spec) -> dict:
+    """name -> figure, for every figure this study's tables can support."""
+    from cvae.diagnostics import GRID_THICKNESS
+    from study import plots
+
+    figures = {}
+    finished = trials[trials["status"].isin(FINISHED)]
+    if is_model_study(spec):
+        figures["model_metrics"] = plots.plot_model_metrics(finished)
+        if not epochs.empty:
+            figures["epoch_curves"] = plots.plot_epoch_curves(epochs)
+        if grids_per_model := model_grids(finished, grids):
+            figures["sample_grids"] = plots.plot_sample_grids(grids_per_model, GRID_THICKNESS)
+        column = plots.MODEL
+    else:
+        figures["objective_history"] = plots.plot_objective_history(trials, spec)
+        if finished[spec["metrics"][0]].notna().sum() >= 2:
+            figures["parameter_importance"] = plots.plot_parameter_importance(finished, spec)
+        figures["parallel_coordinates"] = plots.plot_parallel_coordinates(finished, spec)
+        if any(f"param_{p}" in trials for p in plots.GREY_PARAMETERS):
+            figures["grey_effects"] = plots.plot_grey_effects(finished)
+        figures["pareto_fid_grey"] = plots.plot_pareto(finished)
+        best = [(key.split("__", 1)[1], grid) for key, grid in grids.items() if key.startswith(BEST + "__")]
+        if best:
+            figures["best_samples"] = plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]}, GRID_THICKNESS)
+        column = "param_condition_mode" if "param_condition_mode" in trials else plots.MODEL
+    if not details.empty:
+        labelled = details.merge(plots.with_models(trials)[["trial_id", plots.MODEL, *(
+            [column] if column != plots.MODEL else [])]], on="trial_id")
+        figures["thickness_sweeps"] = plots.plot_thickness_sweeps(labelled, column)
+        figures["class_parity"] = plots.plot_class_parity(labelled, column)
+    return figures
+
+
+def markdown_table(frame: pd.DataFrame, index_name: str = "") -> str:
+    """A DataFrame as a GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    header = [index_name, *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(index), *(_cell(v) for v in row)]) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if not np.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def verdicts_for(trials, epochs, details, spec):
+    from study.claims import judge_models, judge_search
+
+    if is_model_study(spec):
+        return judge_models(trials, details)
+    return judge_search(trials, epochs, details)
+
+
+def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> str:
+    from cvae.metrics import METRICS
+    from study.plots import format_model_table, model_table
+
+    finished = trials[trials["status"].isin(FINISHED)]
+    lines = [f"# Study `{spec['name']}`", "", spec.get("description", ""), "",
+             f"- trials: {len(trials)} (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
+             + ")",
+             f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
+             f"- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
+             f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
+    if is_model_study(spec):
+        table = model_table(finished[finished["status"] == "completed"])
+        lines += ["## Models: last-epoch metrics, mean ± std over seeds", "",
+                  "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
+                  "the reference column was reported on 60k MNIST, so only the ordering is comparable.", "",
+                  markdown_table(format_model_table(table), "metric"), ""]
+    else:
+        best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+        params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
+        lines += ["## Best trial", "", f"`{best['trial_id']}` (best epoch {best['best_epoch']:.0f} of "
+                  f"{best['epochs_run']:.0f}): " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()), "",
+                  markdown_table(pd.DataFrame({"best epoch": [best["best_" + m] for m in METRICS],
+                                               "last epoch": [best[m] for m in METRICS]}, index=list(METRICS)),
+                                 "metric"), "",
+                  f"## Top trials by {spec['metrics'][0]} (last epoch)", ""]
+        columns = ["status", "epochs_run", *[c for c in trials if c.startswith("param_")], "fid", "grey_fraction",
+                   "collapse_rate", "class_accuracy"]
+        top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)
+        lines += [markdown_table(top.set_index("trial_id")[columns], "trial"), ""]
+    lines += ["## Claims of DESIGN.md §1", ""]
+    lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
+    lines += ["", "Verdict rules: differences count when Welch's t-test over seeds gives p < 0.05 "
+              "(3 seeds only detect large effects); thickness counts as respected at Spearman ≥ 0.8.", ""]
+    if figure_names:
+        lines += ["## Figures", ""] + [f"![{name}]({FIGURES_DIR}/{name}.png)" for name in figure_names] + [""]
+    text = "\n".join(lines)
+    (folder / SUMMARY_FILE).write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python study/report.py",
+        description="Write figures/*.png and summary.md for a study's results folder. Per-class thickness sweeps "
+        "and sample grids are drawn once from the checkpoints into details.csv and samples.npz, so the folder "
+        "stays reportable after the checkpoints are deleted.")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    parser.add_argument("--refresh-details", action="store_true",
+                        help="redraw details.csv / samples.npz from the checkpoints even if they exist")
+    parser.add_argument("--no-details", action="store_true",
+                        help="use only the tables (no TensorFlow; no sweeps or sample grids unless already saved)")
+    parser.add_argument("--dpi", type=int, default=90, help="figure resolution (default 90)")
+    args = parser.parse_args(argv)
+    folder = Path(args.results)
+    try:
+        trials, epochs, spec = load_results(folder)
+        if trials.empty:
+            raise ValueError(f"{folder} has no trials yet")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if args.no_details:
+        details, grids = load_details(folder)
+    else:
+        details, grids = collect_details(folder, trials, spec, refresh=args.refresh_details)
+    figures = make_figures(trials, epochs, details, grids, spec)
+    (folder / FIGURES_DIR).mkdir(exist_ok=True)
+    for name, figure in figures.items():
+        figure.savefig(folder / FIGURES_DIR / f"{name}.png", dpi=args.dpi)
+        plt.close(figure)
+    write_summary(folder, trials, epochs, details, spec, list(figures))
+    print(f"wrote {len(figures)} figure(s) to {folder / FIGURES_DIR} and {folder / SUMMARY_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Every figure and table of study.plots, and the claim verdicts, on small tables made here (no training)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from cvae.metrics import METRICS, SAMPLE_METRICS  # noqa: E402
+from study import plots  # noqa: E402
+from study.claims import judge_models, judge_search  # noqa: E402
+from study.space import load_spec  # noqa: E402
+
+PRESETS = ("model_1", "model_2", "model_3", "model_4", "model_5")
+EPOCHS = {"model_1": 8, "model_2": 8, "model_3": 40, "model_4": 9, "model_5": 41}
+
+
+def metric_values(rng, **shift):
+    values = {name: float(rng.uniform(0.4, 0.6)) for name in METRICS}
+    values.update(fid=float(rng.uniform(40, 60)), thickness_corr=float(rng.uniform(0.9, 0.95)))
+    for name, offset in shift.items():
+        values[name] += offset
+    return values
+
+
+def models_tables(grey_shift=-0.3, seeds=3):
+    """trials, epochs, details of a fake Model 1-5 study; model_4/5 get grey_fraction shifted by grey_shift."""
+    rng = np.random.default_rng(0)
+    trials, epochs, details = [], [], []
+    for preset in PRESETS:
+        for seed in range(seeds):
+            trial_id = f"{preset}-{seed}"
+            shift = {"grey_fraction": grey_shift} if preset in ("model_4", "model_5") else {}
+            final = metric_values(rng, **shift)
+            trials.append({"trial_id": trial_id, "param_preset": preset, "param_seed": seed, "status": "completed",
+                           "epochs_run": EPOCHS[preset], "wall_time_s": 60.0, "dataset_source": "embedded-mnist-5k",
+                           **final})
+            for epoch in range(1, 4):
+                epochs.append({"trial_id": trial_id, "param_preset": preset, "param_seed": seed, "epoch": epoch,
+                               **metric_values(rng)})
+            for digit in range(10):
+                for requested in np.linspace(-1, 1, 9):
+                    # global (model_1) draws "1" wider than real; per_class matches
+                    excess = 0.4 if (preset == "model_1" and digit == 1) else 0.0
+                    details.append({"trial_id": trial_id, "digit": digit, "requested_thickness": requested,
+                                    "measured_thickness": requested * 0.9 + rng.normal(0, 0.01),
+                                    "relative_width": 1.0 + excess + rng.normal(0, 0.01),
+                                    "real_relative_width": 1.0})
+    return pd.DataFrame(trials), pd.DataFrame(epochs), pd.DataFrame(details)
+
+
+def search_tables(collapse_from_start=True):
+    """A fake grey_loss study: 12 trials; warm-up 0 with a big weight collapses if collapse_from_start."""
+    rng = np.random.default_rng(1)
+    trials, epochs = [], []
+    for number in range(12):
+        weight, warmup = float(10 ** rng.uniform(-2, 0.5)), int(number % 3)
+        mode = ("global", "per_class")[number % 2]
+        final = metric_values(rng, grey_fraction=-0.1 * np.log10(weight))
+        trial_id = f"t{number:02d}"
+        params = {"param_grey_weight": weight, "param_grey_threshold": float(rng.uniform(0, 0.2)),
+                  "param_warmup_epochs": warmup, "param_condition_mode": mode,
+                  "param_latent_dim": int(rng.integers(2, 64))}
+        trials.append({"trial_id": trial_id, **params, "status": "completed" if number % 4 else "pruned",
+                       "epochs_run": 6, "wall_time_s": 30.0, "dataset_source": "embedded-mnist-5k", **final})
+        for epoch in range(1, 7):
+            row = metric_values(rng, fid=-2.0 * epoch, class_accuracy=0.02 * epoch)
+            if collapse_from_start and warmup == 0 and weight > 0.3:
+                row["collapse_rate"] = 0.9
+            else:
+                row["collapse_rate"] = 0.01
+            epochs.append({"trial_id": trial_id, **params, "epoch": epoch, **row})
+    return pd.DataFrame(trials), pd.DataFrame(epochs)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def grey_spec():
+    spec = load_spec("grey_loss.yaml").to_dict()
+    spec["parameters"] = [dict(p, values=list(p["values"])) for p in spec["parameters"]]
+    return spec
+
+
+def test_model_table_means_and_stds_per_model():
+    trials, _, _ = models_tables()
+    table = plots.model_table(trials)
+    assert list(table.index) == list(PRESETS) and (table["seeds"] == 3).all()
+    model_3 = trials[trials["param_preset"] == "model_3"]
+    assert table.loc["model_3", "fid_mean"] == pytest.approx(model_3["fid"].mean())
+    assert table.loc["model_3", "fid_std"] == pytest.approx(model_3["fid"].std())
+    assert table.loc["model_1", "reported_loss"] == 24.85 and table.loc["model_3", "epochs"] == 40
+    formatted = plots.format_model_table(table)
+    assert list(formatted.columns) == list(PRESETS) and "±" in formatted.loc["fid", "model_1"]
+
+
+def test_label_models_without_presets_drops_the_seed():
+    frame = pd.DataFrame({"trial_id": ["a", "b"], "param_latent_dim": [8, 16], "param_seed": [0, 1]})
+    assert list(plots.label_models(frame)) == ["latent_dim=8", "latent_dim=16"]
+
+
+def test_model_metrics_has_one_panel_per_sample_metric():
+    trials, _, _ = models_tables()
+    figure = plots.plot_model_metrics(trials)
+    assert len(figure.axes) == len(SAMPLE_METRICS)
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == list(PRESETS)
+    assert figure.axes[0].get_title().startswith(SAMPLE_METRICS[0])
+
+
+def test_epoch_curves_have_one_line_per_model():
+    _, epochs, _ = models_tables()
+    figure = plots.plot_epoch_curves(epochs)
+    assert len(figure.axes) == len(plots.CURVE_METRICS)
+    legend = figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == list(PRESETS)
+    assert len(figure.axes[1].get_lines()) >= len(PRESETS)
+
+
+def test_sample_grids_one_panel_per_model():
+    grids = {name: np.full((10, 5, 28, 28), i * 40, dtype=np.uint8) for i, name in enumerate(PRESETS)}
+    figure = plots.plot_sample_grids(grids, (-1, -0.5, 0, 0.5, 1))
+    assert [axis.get_title() for axis in figure.axes] == list(PRESETS)
+    image = figure.axes[2].get_images()[0].get_array()
+    assert image.shape == (10 * 30 + 2, 5 * 30 + 2) and image[5, 5] == 80  # model_3's cells, grey gaps around
+
+
+def test_thickness_sweeps_one_panel_per_model_with_ten_digits():
+    trials, _, details = models_tables()
+    details = details.merge(plots.with_models(trials)[["trial_id", "model"]], on="trial_id")
+    figure = plots.plot_thickness_sweeps(details)
+    assert [axis.get_title() for axis in figure.axes] == list(PRESETS)
+    assert len(figure.axes[0].get_lines()) == 10 + 1  # one per digit + the diagonal
+    x, y = figure.axes[0].get_lines()[0].get_data()
+    assert np.allclose(x, np.linspace(-1, 1, 9)) and np.allclose(y, x * 0.9, atol=0.03)
+
+
+def test_class_parity_bars_for_real_and_each_group():
+    trials, _, details = models_tables()
+    details = details.merge(plots.with_models(trials)[["trial_id", "model"]], on="trial_id")
+    figure = plots.plot_class_parity(details)
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.get_legend().get_texts()] == ["real digits", *PRESETS]
+    heights = [bar.get_height() for container in axis.containers for bar in container]
+    assert len(heights) == 10 * 6
+    model_1_digit_1 = axis.containers[1][1].get_height()
+    assert model_1_digit_1 == pytest.approx(1.4, abs=0.02)
+
+
+def test_search_figures(grey_spec):
+    trials, _ = search_tables()
+    history = plots.plot_objective_history(trials, grey_spec)
+    best_line = history.axes[0].get_lines()[-1].get_ydata()
+    assert np.all(np.diff(best_line) <= 0) and best_line[-1] == trials["fid"].min()
+
+    importance = plots.parameter_importance(trials, grey_spec)
+    assert set(importance.index) == {p["name"] for p in grey_spec["parameters"]}
+    assert importance.sum() == pytest.approx(1.0)
+    assert len(plots.plot_parameter_importance(trials, grey_spec).axes[0].patches) == len(importance)
+
+    parallel = plots.plot_parallel_coordinates(trials, grey_spec)
+    assert len(parallel.axes[0].get_lines()) == len(trials)
+    assert [t.get_text() for t in parallel.axes[0].get_xticklabels()] == [p["name"] for p in grey_spec["parameters"]]
+
+    effects = plots.plot_grey_effects(trials)
+    assert len(effects.axes) == 3 * 3 and effects.axes[0].get_xscale() == "log"
+    assert effects.axes[3].get_ylabel() == "grey_fraction"
+
+
+def test_pareto_front_is_the_non_dominated_trials():
+    trials = pd.DataFrame({"fid": [10, 20, 30, 15, np.nan], "grey_fraction": [0.5, 0.2, 0.1, 0.6, 0.0]})
+    assert list(plots.pareto_mask(trials)) == [True, True, True, False, False]
+    figure = plots.plot_pareto(trials)
+    front = figure.axes[0].get_lines()[0]
+    assert list(front.get_xdata()) == [10, 20, 30]
+
+
+def test_grey_effects_needs_a_grey_parameter():
+    with pytest.raises(ValueError, match="searched none of"):
+        plots.plot_grey_effects(pd.DataFrame({"param_latent_dim": [4], "fid": [1.0]}))
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def verdicts(items):
+    return {v.claim: v for v in items}
+
+
+def test_model_verdicts_follow_the_numbers():
+    trials, _, details = models_tables(grey_shift=-0.3)
+    found = verdicts(judge_models(trials, details))
+    assert found["a"].verdict == "supported"  # thickness_corr 0.9-0.95 everywhere
+    assert found["b"].verdict == "partly supported"  # digit 1 fixed, class_parity random
+    assert "+0.4" in found["b"].evidence
+    assert found["c"].verdict == "supported" and "grey_fraction" in found["c"].evidence
+    assert found["d"].verdict in ("not supported", "partly supported", "contradicted")  # random fid/accuracy
+    assert found["e"].verdict == "not tested"
+
+    sharper_without_grey = verdicts(judge_models(*models_tables(grey_shift=+0.3)[::2]))
+    assert sharper_without_grey["c"].verdict == "contradicted"
+
+    only_two = verdicts(judge_models(trials[trials["param_preset"].isin(["model_1", "model_2"])], details))
+    assert only_two["c"].verdict == only_two["d"].verdict == "not tested"
+
+    one_seed = verdicts(judge_models(*models_tables(seeds=1)[::2]))
+    assert one_seed["c"].verdict.startswith("not tested") and "too few seeds" in one_seed["c"].evidence
+
+
+def test_search_verdicts_follow_the_numbers():
+    trials, epochs = search_tables(collapse_from_start=True)
+    found = verdicts(judge_search(trials, epochs))
+    assert found["c"].verdict == "supported"  # grey_fraction falls with log weight
+    assert found["d"].verdict == "supported"  # fid falls, accuracy rises with epochs in every trial
+    assert found["e"].verdict == "supported" and found["e"].evidence.startswith(
+        f"{((trials['param_warmup_epochs'] == 0) & (trials['param_grey_weight'] > 0.3)).sum()}/")
+    calm = verdicts(judge_search(*search_tables(collapse_from_start=False)))
+    assert calm["e"].verdict.startswith("not supported")

@@ -1,0 +1,118 @@
+"""study/report.py and analysis.ipynb on two tiny real studies (a preset grid and a grey-loss search)."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.test_study import TINY, study_cli, write_space
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """(models folder, grey folder): real Ray + Optuna + TF studies, one epoch or two on a few hundred digits."""
+    root = tmp_path_factory.mktemp("studies")
+    models = write_space(root, "tiny_models", f"""
+        name: tiny_models
+        fixed: {TINY}
+        parameters:
+          preset: {{values: [model_1, model_2]}}
+        search: {{algorithm: grid, repeats: 2, max_concurrent: 2}}
+        scheduler: {{type: fifo, max_epochs: 1}}
+    """)
+    grey = write_space(root, "tiny_grey", f"""
+        name: tiny_grey
+        base: model_4
+        fixed: {TINY}
+        parameters:
+          grey_weight: {{distribution: log_uniform, low: 0.1, high: 3.0}}
+          warmup_epochs: {{distribution: int, low: 0, high: 1}}
+          condition_mode: {{values: [global, per_class]}}
+        search: {{algorithm: optuna, sampler: random, seed: 0, num_samples: 3, max_concurrent: 2}}
+        scheduler: {{type: fifo, max_epochs: 2}}
+    """)
+    for space in (models, grey):
+        result = study_cli("--space", space, results=root)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "tiny_models", root / "tiny_grey"
+
+
+def report(folder, *args):
+    return subprocess.run([sys.executable, "study/report.py", str(folder), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_report_writes_figures_summary_and_details(studies):
+    models, grey = studies
+    for folder, expected in ((models, {"model_metrics", "epoch_curves", "sample_grids", "thickness_sweeps",
+                                       "class_parity"}),
+                             (grey, {"objective_history", "parameter_importance", "parallel_coordinates",
+                                     "grey_effects", "pareto_fid_grey", "best_samples", "thickness_sweeps",
+                                     "class_parity"})):
+        result = report(folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert {p.stem for p in (folder / "figures").glob("*.png")} == expected
+        summary = (folder / "summary.md").read_text()
+        for claim in "abcde":
+            assert f"- ({claim}) " in summary
+        details = pd.read_csv(folder / "details.csv")
+        trials = pd.read_csv(folder / "trials.csv")
+        assert set(details["trial_id"]) == set(trials["trial_id"])
+        assert len(details) == len(trials) * 10 * 9  # every digit at every sweep thickness
+    assert "| metric | model_1 | model_2 |" in (models / "summary.md").read_text()
+    assert "## Best trial" in (grey / "summary.md").read_text()
+
+
+def test_report_works_without_checkpoints_once_details_exist(studies, tmp_path):
+    models, _ = studies
+    assert report(models).returncode == 0  # details collected (again a no-op if the other test ran first)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("trials.csv", "epochs.csv", "study.json", "details.csv", "samples.npz"):
+        (copy / name).write_bytes((models / name).read_bytes())
+    trials = pd.read_csv(copy / "trials.csv")
+    trials["checkpoint"] = "/nonexistent/" + trials["trial_id"]  # as after deleting the checkpoints
+    trials.to_csv(copy / "trials.csv", index=False)
+    result = report(copy, "--no-details")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (copy / "figures" / "sample_grids.png").is_file()
+
+
+def test_report_rejects_a_folder_that_is_not_a_study(tmp_path):
+    result = report(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "not a study results folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_notebook_runs_headless_on_the_tiny_studies(studies):
+    import nbformat
+    from nbclient import NotebookClient
+
+    models, grey = studies
+    for folder in studies:
+        assert report(folder).returncode == 0
+    notebook = nbformat.read(REPO / "analysis.ipynb", as_version=4)
+    environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey)}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)  # the kernel inherits the environment
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if output.get("output_type") == "error"]
+    assert not errors
+    images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if "image/png" in output.get("data", {})]
+    assert len(images) >= 10
+    text = "".join(str(output.get("data", {}).get("text/markdown", "")) for cell in notebook.cells
+                   if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "(a) the thickness condition is respected" in text and "(e) grey loss from epoch 1" in text
