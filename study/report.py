@@ -100,8 +100,14 @@ def _epoch_of(checkpoint: Path) -> int | None:
 # ---------------------------------------------------------------- figures and summary
 
 
-def is_model_study(spec: dict) -> bool:
+def is_grid(spec: dict) -> bool:
+    """Grid studies repeat each point over seeds: they get the per-model table and figures."""
     return spec["algorithm"] == "grid"
+
+
+def varies_presets(trials: pd.DataFrame) -> bool:
+    """Model 1-5 style: the trials are presets, so claims are judged by comparing presets."""
+    return "param_preset" in trials
 
 
 def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
@@ -119,37 +125,44 @@ def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
     return dict(sorted(chosen.items()))
 
 
-def make_figures(trials, epochs, details, grids, spec) -> dict:
-    """name -> figure, for every figure this study's tables can support."""
+def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
+    """name -> figure, for every figure this study's tables can support (one that fails is skipped, said so)."""
     from cvae.diagnostics import GRID_THICKNESS
     from study import plots
 
-    figures = {}
     finished = trials[trials["status"].isin(FINISHED)]
-    if is_model_study(spec):
-        figures["model_metrics"] = plots.plot_model_metrics(finished)
+    planned = {}
+    if is_grid(spec):
+        planned["model_metrics"] = lambda: plots.plot_model_metrics(finished)
         if not epochs.empty:
-            figures["epoch_curves"] = plots.plot_epoch_curves(epochs)
+            planned["epoch_curves"] = lambda: plots.plot_epoch_curves(epochs)
         if grids_per_model := model_grids(finished, grids):
-            figures["sample_grids"] = plots.plot_sample_grids(grids_per_model, GRID_THICKNESS)
-        column = plots.MODEL
-    else:
-        figures["objective_history"] = plots.plot_objective_history(trials, spec)
-        if finished[spec["metrics"][0]].notna().sum() >= 2:
-            figures["parameter_importance"] = plots.plot_parameter_importance(finished, spec)
-        figures["parallel_coordinates"] = plots.plot_parallel_coordinates(finished, spec)
+            planned["sample_grids"] = lambda: plots.plot_sample_grids(grids_per_model, GRID_THICKNESS)
+    column = plots.MODEL
+    if not varies_presets(trials):
+        planned["objective_history"] = lambda: plots.plot_objective_history(trials, spec)
+        planned["parameter_importance"] = lambda: plots.plot_parameter_importance(finished, spec)
+        planned["parallel_coordinates"] = lambda: plots.plot_parallel_coordinates(finished, spec)
         if any(f"param_{p}" in trials for p in plots.GREY_PARAMETERS):
-            figures["grey_effects"] = plots.plot_grey_effects(finished)
-        figures["pareto_fid_grey"] = plots.plot_pareto(finished)
+            planned["grey_effects"] = lambda: plots.plot_grey_effects(finished)
+        planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
         best = [(key.split("__", 1)[1], grid) for key, grid in grids.items() if key.startswith(BEST + "__")]
         if best:
-            figures["best_samples"] = plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]}, GRID_THICKNESS)
-        column = "param_condition_mode" if "param_condition_mode" in trials else plots.MODEL
+            planned["best_samples"] = lambda: plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]},
+                                                                      GRID_THICKNESS)
+        if not is_grid(spec) and "param_condition_mode" in trials:
+            column = "param_condition_mode"  # dozens of sampled trials: group the sweeps by normalisation
     if not details.empty:
-        labelled = details.merge(plots.with_models(trials)[["trial_id", plots.MODEL, *(
-            [column] if column != plots.MODEL else [])]], on="trial_id")
-        figures["thickness_sweeps"] = plots.plot_thickness_sweeps(labelled, column)
-        figures["class_parity"] = plots.plot_class_parity(labelled, column)
+        extra = [column] if column != plots.MODEL else []
+        labelled = details.merge(plots.with_models(trials)[["trial_id", plots.MODEL, *extra]], on="trial_id")
+        planned["thickness_sweeps"] = lambda: plots.plot_thickness_sweeps(labelled, column)
+        planned["class_parity"] = lambda: plots.plot_class_parity(labelled, column)
+    figures = {}
+    for name, draw in planned.items():
+        try:
+            figures[name] = draw()
+        except (ValueError, KeyError) as error:  # e.g. too few finished trials for importance
+            log(f"skipped figure {name}: {error}")
     return figures
 
 
@@ -171,7 +184,7 @@ def _cell(value) -> str:
 def verdicts_for(trials, epochs, details, spec):
     from study.claims import judge_models, judge_search
 
-    if is_model_study(spec):
+    if varies_presets(trials):
         return judge_models(trials, details)
     return judge_search(trials, epochs, details)
 
@@ -187,14 +200,18 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
              f"- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
-    if is_model_study(spec):
+    if is_grid(spec):
         table = model_table(finished[finished["status"] == "completed"])
         lines += ["## Models: last-epoch metrics, mean ± std over seeds", "",
                   "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
                   "the reference column was reported on 60k MNIST, so only the ordering is comparable.", "",
                   markdown_table(format_model_table(table), "metric"), ""]
-    else:
-        best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+    try:
+        best = None if varies_presets(trials) else best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+    except ValueError as error:
+        lines += ["## Best trial", "", f"none yet: {error}", ""]
+        best = None
+    if best is not None:
         params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
         lines += ["## Best trial", "", f"`{best['trial_id']}` (best epoch {best['best_epoch']:.0f} of "
                   f"{best['epochs_run']:.0f}): " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()), "",

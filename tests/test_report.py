@@ -98,7 +98,7 @@ def test_notebook_runs_headless_on_the_tiny_studies(studies):
     for folder in studies:
         assert report(folder).returncode == 0
     notebook = nbformat.read(REPO / "analysis.ipynb", as_version=4)
-    environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey)}
+    environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey), "CVAE_WARMUP_STUDY": str(grey)}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # the kernel inherits the environment
     try:
