@@ -139,7 +139,7 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
     else:
         verdicts.append(Verdict("d", "not tested", "needs model_3 vs model_2 or model_5 vs model_4"))
     verdicts.append(Verdict("e", "not tested", "no preset applies the grey loss from epoch 1 (all use warm-up 1 or "
-                                               "no grey loss); see the grey_loss study"))
+                                               "no grey loss); see the grey_warmup and grey_loss studies"))
     return verdicts
 
 

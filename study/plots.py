@@ -115,9 +115,12 @@ def plot_epoch_curves(epochs: pd.DataFrame, metrics=CURVE_METRICS) -> plt.Figure
         axis.set_ylabel("")
     for axis in list(axes.flat)[len(metrics):]:
         axis.remove()
-    if axes.flat[0].get_legend() is not None:
-        sns.move_legend(axes.flat[0], "lower left", bbox_to_anchor=(0, 1.12), ncol=5, fontsize=8, title=None)
-    figure.tight_layout()
+    legend = axes.flat[0].get_legend()
+    if legend is not None:  # one legend for the figure, above the panels, so every panel keeps its size
+        handles, labels = legend.legend_handles, [text.get_text() for text in legend.get_texts()]
+        legend.remove()
+        figure.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
     return figure
 
 

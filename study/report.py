@@ -41,6 +41,7 @@ def sample_key(kind: str, trial_id: str) -> str:
 
 def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """(details.csv, samples.npz) of a results folder; empty if they were never collected."""
+    folder = Path(folder)
     details = read_table(folder / DETAILS_FILE)
     grids = {}
     if (folder / SAMPLES_FILE).is_file():
@@ -54,6 +55,7 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
 
     Trials already in details.csv are kept unless `refresh`; a trial whose checkpoint is gone is skipped (said so).
     """
+    folder = Path(folder)
     details, grids = (pd.DataFrame(), {}) if refresh else load_details(folder)
     done = set(details["trial_id"]) if not details.empty else set()
     finished = trials[trials["status"].isin(FINISHED) & trials["checkpoint"].notna() & ~trials["trial_id"].isin(done)]
@@ -181,6 +183,18 @@ def _cell(value) -> str:
     return str(value)
 
 
+def loss_ordering(table: pd.DataFrame) -> list[str]:
+    """A line comparing the order of the measured final train losses with the reported ones (presets only)."""
+    reported = table["reported_loss"].dropna()
+    if len(reported) < 2:
+        return []
+    measured = table.loc[reported.index, "loss_mean"].sort_values()
+    reported = reported.sort_values()
+    same = list(measured.index) == list(reported.index)
+    return [f"Final train loss, lowest first: measured {' < '.join(measured.index)}; reported "
+            f"{' < '.join(reported.index)} ({'the same order' if same else 'a different order'}).", ""]
+
+
 def verdicts_for(trials, epochs, details, spec):
     from study.claims import judge_models, judge_search
 
@@ -206,6 +220,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                   "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
                   "the reference column was reported on 60k MNIST, so only the ordering is comparable.", "",
                   markdown_table(format_model_table(table), "metric"), ""]
+        lines += loss_ordering(table)
     try:
         best = None if varies_presets(trials) else best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
     except ValueError as error:

@@ -174,6 +174,7 @@ def summarise(trials, spec, results_dir: Path) -> None:
     print(f"  checkpoint: {best['checkpoint']}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
     print("next:\n"
+          f"  python study/report.py {results_dir}      # figures, summary.md, claim verdicts\n"
           f"  python study/best.py {results_dir}\n"
           f"  python study/sample.py {results_dir} --out best.png")
 

@@ -118,8 +118,7 @@ def test_epoch_curves_have_one_line_per_model():
     _, epochs, _ = models_tables()
     figure = plots.plot_epoch_curves(epochs)
     assert len(figure.axes) == len(plots.CURVE_METRICS)
-    legend = figure.axes[0].get_legend()
-    assert [text.get_text() for text in legend.get_texts()] == list(PRESETS)
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == list(PRESETS)
     assert len(figure.axes[1].get_lines()) >= len(PRESETS)
 
 
