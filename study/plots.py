@@ -172,6 +172,7 @@ def plot_class_parity(details: pd.DataFrame, column: str = MODEL) -> plt.Figure:
     The real digits' bars are the target; global vs per_class normalisation shows as distance from them.
     """
     frame = with_models(details)
+    frame["relative_width"] = frame["relative_width"].fillna(0.0)  # no measurable stroke counts as 0, as in the metric
     generated = frame.groupby([column, "digit"], as_index=False)["relative_width"].mean()
     generated[column] = generated[column].astype(str)
     real = frame.groupby("digit", as_index=False)["real_relative_width"].mean().rename(

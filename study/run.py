@@ -48,7 +48,8 @@ def parse_args(argv):
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="parent of results/<name> (default results/)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
-                        help="start a fresh worker process per trial (default: reuse, which skips TensorFlow start-up)")
+                        help="start a fresh worker process per trial (default: reuse, which skips TensorFlow "
+                        "start-up; ASHA studies always start fresh ones, as pruned trials cannot hand theirs on)")
     return parser.parse_args(argv)
 
 

@@ -168,7 +168,10 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
             scheduler=scheduler,
             num_samples=1 if spec.algorithm == "grid" else spec.num_samples,
             max_concurrent_trials=spec.max_concurrent if spec.algorithm == "grid" else None,
-            reuse_actors=reuse_actors,  # keeps TensorFlow imported and the classifier loaded between trials
+            # Reuse keeps TensorFlow imported and the classifier loaded between trials, but not under ASHA:
+            # a pruned trial's thread is mid-epoch, Tune's reset gives up after 2 s, the next trial errors
+            # before it starts and the ConcurrencyLimiter never frees its slot (the study hangs).
+            reuse_actors=reuse_actors and spec.scheduler != "asha",
         ),
         run_config=run_config(spec, storage_path, progress),
     )

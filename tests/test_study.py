@@ -129,6 +129,38 @@ def test_resume_after_driver_killed(tmp_path):
     assert (epochs.groupby("trial_id")["epoch"].max() == 2).all()
 
 
+def test_asha_prunes_trials_and_the_study_finishes(tmp_path):
+    """A pruned trial frees its slot for the next one (reusing its busy worker once hung the whole study)."""
+    space = write_space(tmp_path, "pruned", """
+        name: pruned
+        base: model_4
+        fixed: {dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5}
+        parameters:
+          grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
+          latent_dim: {distribution: int, low: 2, high: 40}
+        search: {algorithm: optuna, sampler: random, seed: 2, num_samples: 5, max_concurrent: 2}
+        scheduler: {type: asha, max_epochs: 3, grace_period: 1, reduction_factor: 3}
+    """)
+    log = open(tmp_path / "driver.log", "w")
+    # Tune waits 2 s for a stopped trial's thread before reusing its worker; 0 makes every such reuse fail, so
+    # the old hang (slow epochs outlasting those 2 s) reproduces at test sizes if reuse ever returns under ASHA.
+    environment = {**os.environ, "TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"}
+    driver = subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(tmp_path)],
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment)
+    try:
+        returncode = driver.wait(timeout=360)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and every process it started
+            driver.wait()
+    assert returncode == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    trials = pd.read_csv(tmp_path / "pruned" / "trials.csv")
+    assert len(trials) == 5 and set(trials["status"]) == {"completed", "pruned"}, trials[["trial_id", "status"]]
+    assert (trials.loc[trials["status"] == "pruned", "epochs_run"] < 3).all()
+
+
 def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     from ray.cluster_utils import Cluster
 
