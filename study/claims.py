@@ -167,16 +167,20 @@ def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
 def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
     """Verdicts from a searched study over grey_weight / warmup_epochs / condition_mode (whatever it varied)."""
     finished = trials[trials["status"].isin(("completed", "pruned"))].copy()
-    completed = finished[finished["status"] == "completed"]
+    # A blank image has no grey pixels and no measurable thickness: collapsed trials would count as "sharp" in (c)
+    # and as ignoring the condition in (a), so (a), (c) and (d) look only at trials that still draw digits.
+    drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
+    excluded = f"; {len(finished) - len(drawing)} collapsed trial(s) left out" if len(drawing) < len(finished) else ""
+    completed = drawing[drawing["status"] == "completed"]
     verdicts = []
     if len(completed):
         corr = completed["thickness_corr"].astype(float)
         verdicts.append(Verdict(
             "a", "supported" if corr.median() >= RESPECTED_CORRELATION else "not supported",
             f"thickness_corr over {len(completed)} completed trials: median {corr.median():.3f}, "
-            f"range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION})"))
+            f"range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION}){excluded}"))
     else:
-        verdicts.append(Verdict("a", "not tested", "no completed trial"))
+        verdicts.append(Verdict("a", "not tested", "no completed trial that draws digits"))
 
     if "param_condition_mode" in finished and finished["param_condition_mode"].nunique() == 2:
         parity = compare(finished, "class_parity", "per_class", "global", column="param_condition_mode")
@@ -186,26 +190,26 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
     else:
         verdicts.append(Verdict("b", "not tested", "condition_mode was not searched"))
 
-    if "param_grey_weight" in finished:
-        applied = finished["param_grey_weight"].astype(float).where(
-            finished["epochs_run"] > finished.get("param_warmup_epochs", 0), 0.0)
-        rho = stats.spearmanr(applied, finished["grey_fraction"].astype(float), nan_policy="omit")
+    if "param_grey_weight" in drawing and len(drawing) >= 3:
+        applied = drawing["param_grey_weight"].astype(float).where(
+            drawing["epochs_run"] > drawing.get("param_warmup_epochs", 0), 0.0)
+        rho = stats.spearmanr(applied, drawing["grey_fraction"].astype(float), nan_policy="omit")
         verdict = "supported" if rho.statistic < -0.3 and rho.pvalue < SIGNIFICANCE else (
             "contradicted" if rho.statistic > 0.3 and rho.pvalue < SIGNIFICANCE else "not supported")
-        fid_rho = stats.spearmanr(applied, finished["fid"].astype(float), nan_policy="omit")
+        fid_rho = stats.spearmanr(applied, drawing["fid"].astype(float), nan_policy="omit")
         verdicts.append(Verdict("c", verdict, f"Spearman(grey weight applied, grey_fraction) = {rho.statistic:.3f} "
-                                f"(p={rho.pvalue:.2g}, {len(finished)} trials; weight counted as 0 where the trial "
+                                f"(p={rho.pvalue:.2g}, {len(drawing)} trials; weight counted as 0 where the trial "
                                 f"stopped before its warm-up ended); with fid: {fid_rho.statistic:.3f} "
-                                f"(p={fid_rho.pvalue:.2g})"))
+                                f"(p={fid_rho.pvalue:.2g}){excluded}"))
     else:
-        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched"))
+        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched (or < 3 trials draw digits)"))
 
-    verdicts.append(_more_epochs(epochs, finished))
+    verdicts.append(_more_epochs(epochs, drawing, excluded))
     verdicts.append(_collapse(epochs, finished))
     return verdicts
 
 
-def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
+def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame, excluded: str = "") -> Verdict:
     """Paired within trials: fid and class_accuracy at the first reported epoch vs the last, for trials run longer."""
     if epochs.empty:
         return Verdict("d", "not tested", "no epochs table")
@@ -224,7 +228,7 @@ def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
         outcomes.append(("better" if good else "worse") if p < SIGNIFICANCE else "no clear difference")
         texts.append(f"{metric} improved from first to last epoch in {improved.sum()}/{len(delta)} trials "
                      f"(mean Δ {delta.mean():+.3g}, Wilcoxon p={p:.2g})")
-    return Verdict("d", _combine(outcomes), "; ".join(texts) + " (trials with ≥ 4 epochs)")
+    return Verdict("d", _combine(outcomes), "; ".join(texts) + f" (trials with ≥ 4 epochs{excluded})")
 
 
 def _collapse(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:

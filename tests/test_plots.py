@@ -59,7 +59,9 @@ def search_tables(collapse_from_start=True):
     for number in range(12):
         weight, warmup = float(10 ** rng.uniform(-2, 0.5)), int(number % 3)
         mode = ("global", "per_class")[number % 2]
-        final = metric_values(rng, grey_fraction=-0.1 * np.log10(weight))
+        final = metric_values(rng, grey_fraction=-0.3 * np.log10(weight))
+        collapses = collapse_from_start and warmup == 0 and weight > 0.3
+        final["collapse_rate"] = 0.9 if collapses else 0.01
         trial_id = f"t{number:02d}"
         params = {"param_grey_weight": weight, "param_grey_threshold": float(rng.uniform(0, 0.2)),
                   "param_warmup_epochs": warmup, "param_condition_mode": mode,
@@ -68,10 +70,7 @@ def search_tables(collapse_from_start=True):
                        "epochs_run": 6, "wall_time_s": 30.0, "dataset_source": "embedded-mnist-5k", **final})
         for epoch in range(1, 7):
             row = metric_values(rng, fid=-2.0 * epoch, class_accuracy=0.02 * epoch)
-            if collapse_from_start and warmup == 0 and weight > 0.3:
-                row["collapse_rate"] = 0.9
-            else:
-                row["collapse_rate"] = 0.01
+            row["collapse_rate"] = 0.9 if collapses else 0.01
             epochs.append({"trial_id": trial_id, **params, "epoch": epoch, **row})
     return pd.DataFrame(trials), pd.DataFrame(epochs)
 
@@ -216,6 +215,7 @@ def test_search_verdicts_follow_the_numbers():
     trials, epochs = search_tables(collapse_from_start=True)
     found = verdicts(judge_search(trials, epochs))
     assert found["c"].verdict == "supported"  # grey_fraction falls with log weight
+    assert "collapsed trial(s) left out" in found["c"].evidence  # a blank image must not count as sharp
     assert found["d"].verdict == "supported"  # fid falls, accuracy rises with epochs in every trial
     assert found["e"].verdict == "supported" and found["e"].evidence.startswith(
         f"{((trials['param_warmup_epochs'] == 0) & (trials['param_grey_weight'] > 0.3)).sum()}/")
