@@ -102,6 +102,21 @@ def load_records(folder: Path) -> list[TrialRecord]:
     return records
 
 
+def add_missing_epochs(records: list[TrialRecord], earlier: list[TrialRecord]) -> list[TrialRecord]:
+    """`records` with any epoch only `earlier` holds put back, in epoch order.
+
+    Tune's own history of a trial retried on a new node starts at its checkpoint; the epochs before it were
+    reported live (and written to the tables) but would vanish if the final tables came from Tune alone.
+    """
+    by_id = {record.trial_id: record for record in earlier}
+    for record in records:
+        seen = {row.get("epoch") for row in record.rows}
+        extra = [row for row in getattr(by_id.get(record.trial_id), "rows", []) if row.get("epoch") not in seen]
+        if extra:
+            record.rows = sorted(record.rows + extra, key=lambda row: row.get("epoch") or 0)
+    return records
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV table of a results folder; empty if missing or empty."""
     try:

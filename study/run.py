@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     spec, results_dir, storage_path, experiment = prepare(args)
     keep_loopback_address(args.address)
 
-    from study.results import save_spec, write_tables
+    from study.results import add_missing_epochs, load_records, save_spec, write_tables
     from study.tuner import build_tuner, records_from_grid, restore_tuner
 
     save_spec(results_dir, spec)
@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)
     grid = tuner.fit()
-    trials, _ = write_tables(results_dir, records_from_grid(grid, spec), spec.metrics, spec.modes)
+    records = add_missing_epochs(records_from_grid(grid, spec), load_records(results_dir))
+    trials, _ = write_tables(results_dir, records, spec.metrics, spec.modes)
     unfinished = int(trials["status"].isin(["running", "pending"]).sum()) if len(trials) else 0
     if unfinished:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
         print(f"stopped after {time.time() - started:.0f} s with {unfinished} unfinished trial(s); continue with:\n"
