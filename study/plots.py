@@ -11,6 +11,7 @@ import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, SAMPLE_METRICS
+from study import results
 
 MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed
 SEED_PARAMETER = "param_seed"
@@ -320,11 +321,7 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
 
 def pareto_mask(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> np.ndarray:
     """True for trials not dominated on the given last-epoch metrics (NaN rows are never on the front)."""
-    values = np.column_stack([trials[m].astype(float).to_numpy() * (1 if mode == "min" else -1)
-                              for m, mode in zip(metrics, modes)])
-    finite = np.isfinite(values).all(axis=1)
-    return np.array([ok and not any(np.all(other <= row) and np.any(other < row) for other in values[finite])
-                     for row, ok in zip(values, finite)], dtype=bool)
+    return results.pareto_mask(trials, metrics, modes)
 
 
 def plot_pareto(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> plt.Figure:

@@ -150,12 +150,18 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return read_table(folder / TRIALS_FILE), read_table(folder / EPOCHS_FILE), spec
 
 
+def pareto_mask(trials: pd.DataFrame, columns, modes) -> np.ndarray:
+    """True for rows not dominated on `columns` (each minimised or maximised per `modes`); NaN rows never are."""
+    values = np.column_stack([trials[c].astype(float).to_numpy() * (1 if mode == "min" else -1)
+                              for c, mode in zip(columns, modes)])
+    finite = np.isfinite(values).all(axis=1)
+    return np.array([ok and not any(np.all(other <= row) and np.any(other < row) for other in values[finite])
+                     for row, ok in zip(values, finite)], dtype=bool)
+
+
 def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:
     """Trials not dominated on the best-epoch objective metrics."""
-    values = np.column_stack([trials[BEST_PREFIX + m].to_numpy(float) * (1 if mode == "min" else -1)
-                              for m, mode in zip(metrics, modes)])
-    keep = [not any(np.all(other <= row) and np.any(other < row) for other in values) for row in values]
-    return trials[np.array(keep, dtype=bool)]
+    return trials[pareto_mask(trials, [BEST_PREFIX + m for m in metrics], modes)]
 
 
 def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
