@@ -11,6 +11,9 @@ from typing import Any
 DATASETS = ("mnist", "mnist-5k", "fashion-mnist")
 CONDITION_MODES = ("global", "per_class")
 OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "linear")
+MAX_EPOCHS = 10_000  # far beyond any study here; bounds a typo's cost
+MAX_EVAL_SAMPLES = 100_000  # generated images held in memory at once for the metrics
+MAX_TRAIN_SAMPLES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,13 @@ def _coerce(spec: dataclasses.Field, value: Any) -> Any:
     expected = spec.type if isinstance(spec.type, type) else {"int": int, "float": float, "str": str}[spec.type]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()  # numpy scalar
+    if isinstance(value, bool):  # YAML's true/false are ints to Python; no field is a flag
+        raise ValueError(f"{spec.name}={value!r} must be of type {expected.__name__}, not a boolean")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected):
         raise ValueError(f"{spec.name}={value!r} must be of type {expected.__name__}")
     return value
 
@@ -117,20 +122,26 @@ def _validate(config: TrialConfig) -> list[str]:
         config.output_activation in OUTPUT_ACTIVATIONS,
         f"output_activation={config.output_activation!r}; allowed: {', '.join(OUTPUT_ACTIVATIONS)}",
     )
-    check(config.max_train_samples >= 0, f"max_train_samples={config.max_train_samples} must be >= 0 (0 = all)")
+    # Upper bounds keep one bad value from asking for unbounded memory or time; each says what is allowed.
+    check(0 <= config.max_train_samples <= MAX_TRAIN_SAMPLES,
+          f"max_train_samples={config.max_train_samples} must be in [0, {MAX_TRAIN_SAMPLES}] (0 = all)")
     check(0 < config.validation_fraction < 0.5, f"validation_fraction={config.validation_fraction} must be in (0, 0.5)")
     check(1 <= config.latent_dim <= 1024, f"latent_dim={config.latent_dim} must be in [1, 1024]")
     check(0.05 <= config.width <= 8, f"width={config.width} must be in [0.05, 8]")
     check(0 <= config.dropout < 1, f"dropout={config.dropout} must be in [0, 1)")
-    check(config.l2 >= 0, f"l2={config.l2} must be >= 0")
-    check(config.learning_rate > 0, f"learning_rate={config.learning_rate} must be > 0")
+    check(0 <= config.l2 <= 10, f"l2={config.l2} must be in [0, 10]")
+    check(0 < config.learning_rate <= 1e6, f"learning_rate={config.learning_rate} must be in (0, 1e6]")
     check(1 <= config.batch_size <= 65536, f"batch_size={config.batch_size} must be in [1, 65536]")
-    check(config.epochs >= 1, f"epochs={config.epochs} must be >= 1")
-    check(config.grey_weight >= 0, f"grey_weight={config.grey_weight} must be >= 0")
+    check(1 <= config.epochs <= MAX_EPOCHS, f"epochs={config.epochs} must be in [1, {MAX_EPOCHS}]")
+    check(0 <= config.seed < 2**32, f"seed={config.seed} must be in [0, 2**32)")
+    check(0 <= config.grey_weight <= 1e6, f"grey_weight={config.grey_weight} must be in [0, 1e6]")
     check(0 <= config.grey_threshold < 0.25, f"grey_threshold={config.grey_threshold} must be in [0, 0.25) (y(1-y) <= 0.25)")
-    check(config.warmup_epochs >= 0, f"warmup_epochs={config.warmup_epochs} must be >= 0")
-    check(config.eval_samples >= 10, f"eval_samples={config.eval_samples} must be >= 10")
-    check(config.sweep_latents >= 1, f"sweep_latents={config.sweep_latents} must be >= 1")
+    check(0 <= config.warmup_epochs <= MAX_EPOCHS, f"warmup_epochs={config.warmup_epochs} must be in [0, {MAX_EPOCHS}]")
+    check(10 <= config.eval_samples <= MAX_EVAL_SAMPLES,
+          f"eval_samples={config.eval_samples} must be in [10, {MAX_EVAL_SAMPLES}]")
+    check(1 <= config.sweep_latents <= 1000, f"sweep_latents={config.sweep_latents} must be in [1, 1000]")
+    check(0 <= config.eval_seed < 2**32, f"eval_seed={config.eval_seed} must be in [0, 2**32)")
+    check(len(config.data_path) <= 4096 and "\0" not in config.data_path, "data_path must be a path of at most 4096 characters")
     return errors
 
 

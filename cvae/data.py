@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,19 +64,45 @@ class ThicknessStats:
 # ---------------------------------------------------------------- reading files
 
 
+MAX_IDX_BYTES = 2**31  # far above MNIST's 47 MB of pixels; a header asking for more is not a digit file
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally .gz) into a numpy array."""
+    """Read an IDX file (optionally .gz) into a numpy array, checking its header against its size."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DatasetError(f"{path} is truncated: header says {shape}, found {data.size} values")
-    return data.reshape(shape)
+    try:
+        with opener(path, "rb") as handle:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08 or not 1 <= magic[3] <= 4:
+                raise DatasetError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+            header = handle.read(4 * magic[3])
+            if len(header) < 4 * magic[3]:
+                raise DatasetError(f"{path} is truncated inside its IDX header")
+            shape = struct.unpack(">" + "I" * magic[3], header)
+            expected = int(np.prod(shape, dtype=np.int64))
+            if expected > MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: IDX header claims shape {shape}, over {MAX_IDX_BYTES} bytes")
+            raw = handle.read(expected + 1)  # one byte more tells a file with trailing data
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DatasetError(f"{path} cannot be read ({error})") from None
+    if len(raw) != expected:
+        raise DatasetError(f"{path} does not match its IDX header: header says {shape}, "
+                           f"found {'more' if len(raw) > expected else len(raw)} values")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+
+
+def check_digits(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+    """Refuse data that cannot be a 10-class 28x28 dataset: shapes, counts, label range, every class present."""
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise DatasetError(f"{where}: images have shape {images.shape}; expected (N, 28, 28)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DatasetError(f"{where}: {len(images)} images but {labels.shape[0] if labels.ndim else 0} labels; "
+                           "every image needs exactly one label")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DatasetError(f"{where}: labels must be 0-{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(labels).tolist()))
+    if missing:
+        raise DatasetError(f"{where}: no images of class(es) {missing}; every class 0-9 is needed")
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -96,27 +123,39 @@ def read_idx_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             raise DatasetError(f"{folder} lacks {prefix}-images-idx3-ubyte(.gz) / {prefix}-labels-idx1-ubyte(.gz)")
         images.append(read_idx(image_file))
         labels.append(read_idx(label_file))
+        if images[-1].ndim != 3 or labels[-1].ndim != 1 or len(images[-1]) != len(labels[-1]):
+            raise DatasetError(f"{folder}: {image_file.name} holds {images[-1].shape} but {label_file.name} "
+                               f"holds {labels[-1].shape} labels; expected N images of 28x28 and N labels")
     return np.concatenate(images), np.concatenate(labels)
 
 
 def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels from a keras-style mnist.npz (x_train, y_train, x_test, y_test)."""
-    with np.load(path) as archive:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-        if missing:
-            raise DatasetError(f"{path} lacks arrays {sorted(missing)}")
-        images = np.concatenate([archive["x_train"], archive["x_test"]])
-        labels = np.concatenate([archive["y_train"], archive["y_test"]])
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            if missing:
+                raise DatasetError(f"{path} lacks arrays {sorted(missing)}")
+            images = np.concatenate([archive["x_train"], archive["x_test"]])
+            labels = np.concatenate([archive["y_train"], archive["y_test"]])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{path} is not a readable .npz archive ({type(error).__name__}: {error})") from None
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path}: images must be uint8 pixels 0-255, found {images.dtype}")
     return images, labels
 
 
 def read_user_path(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A user's data (IDX folder or keras-style .npz), checked to be a 10-class 28x28 dataset."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return read_idx_folder(path)
-    if path.suffix == ".npz" and path.is_file():
-        return read_npz(path)
-    raise DatasetError(f"data_path {str(path)!r} is neither a folder of IDX files nor an existing .npz file")
+        images, labels = read_idx_folder(path)
+    elif path.suffix == ".npz" and path.is_file():
+        images, labels = read_npz(path)
+    else:
+        raise DatasetError(f"data_path {str(path)!r} is neither a folder of IDX files nor an existing .npz file")
+    check_digits(images, labels, f"data_path {str(path)!r}")
+    return images, labels
 
 
 def keras_cache_dir() -> Path:

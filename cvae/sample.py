@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from cvae.cli import ArgumentParser, fail
 from cvae.data import NUM_CLASSES, ThicknessStats, make_conditions, thickness_of
 
 STATS_FILE = "thickness_stats.json"
@@ -33,14 +35,17 @@ def load_stats(folder: Path) -> ThicknessStats:
 
 def load_generator(checkpoint: str | Path):
     """(encoder, decoder, config, stats) from a checkpoint folder, loaded with keras' safe mode on."""
-    import keras
+    folder = Path(checkpoint)
+    if not (folder / "decoder.keras").is_file():
+        raise SampleError(f"{folder} is not a checkpoint folder (no decoder.keras); pass e.g. RUN/checkpoints/epoch_0009")
+    damaged = [name for name in ("encoder.keras", "decoder.keras") if not zipfile.is_zipfile(folder / name)]
+    if damaged:
+        raise SampleError(f"checkpoint {folder} is damaged: {', '.join(damaged)} is not a .keras (zip) archive")
+    import keras  # only now: a wrong folder is refused without the seconds TensorFlow takes to start
 
     from cvae import model as _registers_sampling_layer  # noqa: F401
     from cvae.train import read_checkpoint_config
 
-    folder = Path(checkpoint)
-    if not (folder / "decoder.keras").is_file():
-        raise SampleError(f"{folder} is not a checkpoint folder (no decoder.keras); pass e.g. RUN/checkpoints/epoch_0009")
     try:
         config = read_checkpoint_config(folder)
         encoder = keras.models.load_model(folder / "encoder.keras", safe_mode=True, compile=False)
@@ -159,8 +164,12 @@ def redraw_in_style(encoder, decoder, stats: ThicknessStats, image: np.ndarray, 
 # ---------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+MAX_SAMPLES, MAX_SCALE, MAX_THICKNESS_VALUES = 100, 16, 41  # a grid of at most 1,000 rows x 41 columns of 28 px x 16
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The sampling options, every one checked (exit 2 with one line) before a model is loaded."""
+    parser = ArgumentParser(
         prog="python -m cvae.sample",
         description="Draw digits from a checkpoint folder (e.g. RUN/checkpoints/epoch_0009). Without --style: "
         "a grid, one row per digit (and latent), one column per thickness, same latent along a row. With --style "
@@ -170,16 +179,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)), help="digits 0-9 (default all)")
     parser.add_argument("--thickness", type=float, nargs="+", default=[0.0, 0.5, 1.0],
-                        help="thickness values in [-1, 1] (default 0 0.5 1)")
-    parser.add_argument("--samples", type=int, default=1, help="latents (rows) per digit (default 1)")
+                        help=f"thickness values in [-1, 1], at most {MAX_THICKNESS_VALUES} (default 0 0.5 1)")
+    parser.add_argument("--samples", type=int, default=1, help=f"latents (rows) per digit, 1-{MAX_SAMPLES} (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="latent seed; the same seed gives the same latents")
     parser.add_argument("--style", metavar="IMAGE", help="redraw all digits in the handwriting of this image")
-    parser.add_argument("--scale", type=int, default=2, help="pixel magnification in the PNG (default 2)")
+    parser.add_argument("--scale", type=int, default=2, help=f"pixel magnification in the PNG, 1-{MAX_SCALE} (default 2)")
     args = parser.parse_args(argv)
     try:
-        if args.samples < 1 or args.scale < 1:
-            raise SampleError("--samples and --scale must be >= 1")
+        if not 1 <= args.samples <= MAX_SAMPLES:
+            raise SampleError(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
+        if not 1 <= args.scale <= MAX_SCALE:
+            raise SampleError(f"--scale must be in [1, {MAX_SCALE}], got {args.scale}")
+        if not 0 <= args.seed < 2**32:
+            raise SampleError(f"--seed must be in [0, 2**32), got {args.seed}")
+        if len(args.thickness) > MAX_THICKNESS_VALUES or len(args.digits) > 10 * MAX_SAMPLES:
+            raise SampleError(f"at most {MAX_THICKNESS_VALUES} --thickness values and {10 * MAX_SAMPLES} --digits")
+        if Path(args.out).suffix.lower() != ".png":
+            raise SampleError(f"--out {args.out!r} must name a .png file")
+        if Path(args.out).is_dir():
+            raise SampleError(f"--out {args.out!r} is a folder; name a .png file")
         check_request(args.digits, args.thickness)
+    except SampleError as error:
+        fail(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
         style = read_digit_image(args.style) if args.style else None
         encoder, decoder, config, stats = load_generator(args.checkpoint)
         if style is None:
@@ -197,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             path = save_png(tile(row, scale=args.scale), args.out)
             print(f"wrote {path}: your image (read as a {digit}) then digits 0-9 in its style")
     except SampleError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(str(error))
+    except OSError as error:  # e.g. --out in a folder that cannot be written
+        fail(f"cannot write {args.out}: {error.strerror or error}")
     return 0
 
 

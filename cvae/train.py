@@ -13,12 +13,13 @@ from typing import Callable
 
 import numpy as np
 
+from cvae.cli import ArgumentParser
 from cvae.config import PRESETS, TrialConfig, preset
 from cvae.sample import save_stats
 
 CHECKPOINT_KEY = "checkpoint"  # key of the checkpoint folder in a reported metrics dict
 CHECKPOINT_FORMAT = 1
-STATUS_COMPLETED, STATUS_DIVERGED = "completed", "diverged"
+STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"  # an epoch row's status
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -169,7 +170,7 @@ def train(
                 evaluation_started = time.perf_counter()
                 metrics.update(evaluate_decoder(self.model.decoder, evaluation, classifier))
                 metrics["eval_seconds"] = time.perf_counter() - evaluation_started
-                metrics["status"] = "running" if epoch + 1 < config.epochs else STATUS_COMPLETED
+                metrics["status"] = STATUS_RUNNING if epoch + 1 < config.epochs else STATUS_COMPLETED
             history.append(metrics)
             reported = dict(metrics)
             if checkpoint_dir is not None and metrics["status"] != STATUS_DIVERGED:
@@ -212,7 +213,7 @@ def _parse_assignment(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m cvae.train",
         description="Train one C-VAE from a preset; writes DIR/config.json, DIR/metrics.csv and "
         "DIR/checkpoints/epoch_NNNN (the newest epoch). Rerun with --resume to continue an interrupted run.",

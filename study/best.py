@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvae.metrics import METRICS  # noqa: E402
-from study.results import best_trial, load_results  # noqa: E402
+from cvae.cli import ArgumentParser, fail  # noqa: E402
+from study.results import BEST_RULE, best_trial, incomplete_note, load_results  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python study/best.py", description=__doc__.split(" — ")[1])
+    parser = ArgumentParser(prog="python study/best.py", description=__doc__.split(" — ")[1] + " " + BEST_RULE)
     parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
     args = parser.parse_args(argv)
     try:
         trials, _, spec = load_results(args.results)
         best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(str(error))
+    note = incomplete_note(trials, spec)
+    if note:
+        print(note)
     print(f"study {spec['name']}: {len(trials)} trial(s); objective "
           + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
     print(f"best trial: {best['trial_id']} (status {best['status']}, best epoch {best['best_epoch']:.0f} "

@@ -11,7 +11,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.results import FINISHED, best_trial, load_results, read_table  # noqa: E402
+from cvae.cli import ArgumentParser, fail  # noqa: E402
+from study.results import FINISHED, best_trial, incomplete_note, load_results, read_table  # noqa: E402
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -208,7 +209,8 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     from study.plots import format_model_table, model_table
 
     finished = trials[trials["status"].isin(FINISHED)]
-    lines = [f"# Study `{spec['name']}`", "", spec.get("description", ""), "",
+    note = incomplete_note(trials, spec)
+    lines = [f"**{note}**" if note else "", "", f"# Study `{spec['name']}`", "", spec.get("description", ""), "",
              f"- trials: {len(trials)} (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
              + ")",
              f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
@@ -238,7 +240,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                    "collapse_rate", "class_accuracy"]
         top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)
         lines += [markdown_table(top.set_index("trial_id")[columns], "trial"), ""]
-    lines += ["## Claims of DESIGN.md §1", ""]
+    lines += ["## Claims (a)–(e) of the design, [docs/design.md](../../docs/design.md#claims)", ""]
     lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
     lines += ["", "Verdict rules: differences count when Welch's t-test over seeds gives p < 0.05 "
               "(3 seeds only detect large effects); thickness counts as respected at Spearman ≥ 0.8.", ""]
@@ -250,7 +252,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python study/report.py",
         description="Write figures/*.png and summary.md for a study's results folder. Per-class thickness sweeps "
         "and sample grids are drawn once from the checkpoints into details.csv and samples.npz, so the folder "
@@ -262,14 +264,16 @@ def main(argv=None) -> int:
                         help="use only the tables (no TensorFlow; no sweeps or sample grids unless already saved)")
     parser.add_argument("--dpi", type=int, default=90, help="figure resolution (default 90)")
     args = parser.parse_args(argv)
+    if not 20 <= args.dpi <= 600:
+        fail(f"--dpi must be in [20, 600], got {args.dpi}")
     folder = Path(args.results)
     try:
         trials, epochs, spec = load_results(folder)
-        if trials.empty:
-            raise ValueError(f"{folder} has no trials yet")
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(str(error))
+    note = incomplete_note(trials, spec)
+    if note:
+        print(note, flush=True)
     import matplotlib
 
     matplotlib.use("Agg")

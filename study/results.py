@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,10 +14,20 @@ import numpy as np
 import pandas as pd
 
 from cvae.metrics import METRICS
+from cvae.train import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING
 
-TRIALS_FILE, EPOCHS_FILE, SPEC_FILE = "trials.csv", "epochs.csv", "study.json"
-BEST_PREFIX = "best_"
-FINISHED = ("completed", "pruned")
+TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
+BEST_PREFIX, PARAM_PREFIX = "best_", "param_"
+ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
+# A trial's status in trials.csv. Epoch rows carry cvae.train's own (running / completed / diverged); the
+# study adds what only it knows. Nothing else is ever written, and nothing is relabelled.
+STATUS_PRUNED = "pruned"  # the scheduler (ASHA) stopped it; never anything else
+STATUS_ERROR = "error"  # an exception ended it; the `error` column says which
+STATUS_INTERRUPTED = "interrupted"  # running when the driver was stopped (Ctrl-C, SIGTERM); --resume continues it
+STATUS_PENDING = "pending"  # created, no epoch reported yet
+FINISHED = (STATUS_COMPLETED, STATUS_PRUNED)  # trials a best trial may be chosen from (see best_trial)
+ENDED = (STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERROR)  # nothing more will happen to these
+UNFINISHED = (STATUS_RUNNING, STATUS_INTERRUPTED, STATUS_PENDING)
 
 
 @dataclass
@@ -26,94 +39,155 @@ class TrialRecord:
     rows: list = field(default_factory=list)
     error: str | None = None
     checkpoint: str | None = None
-    finished: bool = False  # Tune stopped it (completed, pruned or diverged), as opposed to still running
+    pruned: bool = False  # the scheduler decided to stop it (Tune marks the result that carried the decision)
+    interrupted: bool = False  # it was running when the driver stopped
     planned_epochs: int | None = None
 
 
 def trial_status(record: TrialRecord) -> str:
+    """The one status of a trial, from what it reported and what the study decided (see the STATUS_ names)."""
     if record.error:
-        return "error"
-    if not record.rows:
-        return "pending"
-    last = record.rows[-1].get("status")
-    if last in ("diverged", "completed"):
+        return STATUS_ERROR
+    last = record.rows[-1].get("status") if record.rows else None
+    if last in (STATUS_DIVERGED, STATUS_COMPLETED):
         return last
-    return "pruned" if record.finished else "running"
+    if record.pruned:
+        return STATUS_PRUNED
+    if record.interrupted:
+        return STATUS_INTERRUPTED
+    return STATUS_RUNNING if record.rows else STATUS_PENDING
 
 
 def _is_better(value: float, best: float, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+def _param_columns(record: TrialRecord) -> dict:
+    return {PARAM_PREFIX + k: v for k, v in record.params.items()}
+
+
+def epoch_row(record: TrialRecord, row: dict) -> dict:
+    """One line of epochs.csv: the trial, its params, then what the epoch reported."""
+    return {"trial_id": record.trial_id, **_param_columns(record),
+            **{k: v for k, v in row.items() if not isinstance(v, dict)}}
+
+
+def trial_row(record: TrialRecord, objective: str, mode: str) -> dict:
+    """One line of trials.csv: params, status, the last epoch's metrics and the best epoch's (by `objective`)."""
+    best_row = None
+    for row in record.rows:
+        value = row.get(objective)
+        if value is not None and math.isfinite(value) and (
+                best_row is None or _is_better(value, best_row[objective], mode)):
+            best_row = row
+    last = record.rows[-1] if record.rows else {}
+    summary = {
+        "trial_id": record.trial_id, **_param_columns(record), "status": trial_status(record),
+        "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
+        "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
+        "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
+        "dataset_source": last.get("dataset_source"), "checkpoint": record.checkpoint,
+        ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
+    }
+    summary.update({name: last.get(name, np.nan) for name in METRICS})
+    summary["best_epoch"] = best_row["epoch"] if best_row else np.nan
+    summary.update({BEST_PREFIX + name: (best_row or {}).get(name, np.nan) for name in METRICS})
+    return summary
+
+
 def build_tables(records: list[TrialRecord], metrics: tuple[str, ...], modes: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) DataFrames; best-epoch metrics are chosen by the first objective metric."""
-    trial_rows, epoch_rows = [], []
-    objective, mode = metrics[0], modes[0]
-    for record in records:
-        params = {f"param_{k}": v for k, v in record.params.items()}
-        best_row = None
-        for row in record.rows:
-            epoch_rows.append({"trial_id": record.trial_id, **params,
-                               **{k: v for k, v in row.items() if not isinstance(v, dict)}})
-            value = row.get(objective)
-            if value is not None and math.isfinite(value) and (
-                    best_row is None or _is_better(value, best_row[objective], mode)):
-                best_row = row
-        last = record.rows[-1] if record.rows else {}
-        summary = {
-            "trial_id": record.trial_id, **params, "status": trial_status(record),
-            "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
-            "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
-            "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
-            "dataset_source": last.get("dataset_source"), "checkpoint": record.checkpoint,
-            "error": (record.error or "").splitlines()[0][:300] if record.error else None,
-        }
-        summary.update({name: last.get(name, np.nan) for name in METRICS})
-        summary["best_epoch"] = best_row["epoch"] if best_row else np.nan
-        summary.update({BEST_PREFIX + name: (best_row or {}).get(name, np.nan) for name in METRICS})
-        trial_rows.append(summary)
-    return pd.DataFrame(trial_rows), pd.DataFrame(epoch_rows)
+    trials = [trial_row(record, metrics[0], modes[0]) for record in records]
+    epochs = [epoch_row(record, row) for record in records for row in record.rows]
+    return pd.DataFrame(trials), pd.DataFrame(epochs)
+
+
+def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
+    scratch = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(scratch, index=False)
+    scratch.replace(path)  # a reader never sees half a file
+
+
+def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd.DataFrame:
+    """Rewrite trials.csv (one row per trial) atomically."""
+    trials = pd.DataFrame([trial_row(record, metrics[0], modes[0]) for record in records])
+    folder.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(trials, folder / TRIALS_FILE)
+    return trials
 
 
 def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write trials.csv and epochs.csv atomically (a reader never sees half a file)."""
+    """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
     trials, epochs = build_tables(records, metrics, modes)
     folder.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((trials, TRIALS_FILE), (epochs, EPOCHS_FILE)):
-        scratch = folder / f".{name}.tmp"
-        frame.to_csv(scratch, index=False)
-        scratch.replace(folder / name)
+    _replace_atomically(trials, folder / TRIALS_FILE)
+    _replace_atomically(epochs, folder / EPOCHS_FILE)
     return trials, epochs
 
 
-def load_records(folder: Path) -> list[TrialRecord]:
-    """TrialRecords back from a results folder's tables (a resumed driver keeps what was already written)."""
-    trials, epochs = (read_table(Path(folder) / name) for name in (TRIALS_FILE, EPOCHS_FILE))
-    records = []
-    for _, trial in trials.iterrows():
-        params = {k[len("param_"):]: _plain(v) for k, v in trial.items() if k.startswith("param_")}
-        rows = [] if epochs.empty else [
-            {k: _plain(v) for k, v in row.items() if not k.startswith("param_") and k != "trial_id"}
-            for _, row in epochs[epochs["trial_id"] == trial["trial_id"]].iterrows()]
-        records.append(TrialRecord(
-            str(trial["trial_id"]), params, rows, error=trial["error"] if isinstance(trial.get("error"), str) else None,
-            checkpoint=trial["checkpoint"] if isinstance(trial.get("checkpoint"), str) else None,
-            finished=trial["status"] != "running", planned_epochs=_plain(trial.get("epochs_planned"))))
-    return records
+class EpochLog:
+    """epochs.csv while a study runs: append-only, one line per reported epoch, on disk before it is printed.
 
-
-def add_missing_epochs(records: list[TrialRecord], earlier: list[TrialRecord]) -> list[TrialRecord]:
-    """`records` with any epoch only `earlier` holds put back, in epoch order.
-
-    Tune's own history of a trial retried on a new node starts at its checkpoint; the epochs before it were
-    reported live (and written to the tables) but would vanish if the final tables came from Tune alone.
+    Appending is O(1) per epoch and a single write() of a whole line, so a SIGKILL leaves no half row. A row
+    with a column the file lacks rewrites it once with the wider header (rare: a study's keys are fixed).
     """
-    by_id = {record.trial_id: record for record in earlier}
-    for record in records:
-        seen = {row.get("epoch") for row in record.rows}
-        extra = [row for row in getattr(by_id.get(record.trial_id), "rows", []) if row.get("epoch") not in seen]
-        if extra:
-            record.rows = sorted(record.rows + extra, key=lambda row: row.get("epoch") or 0)
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.columns: list[str] | None = None
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open(newline="") as handle:
+                self.columns = next(csv.reader(handle), None)
+
+    def append(self, row: dict) -> None:
+        if self.columns is None or set(row) - set(self.columns):
+            self._widen(row)
+            return
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\n").writerow(["" if _missing(row.get(c)) else row.get(c) for c in self.columns])
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line.getvalue().encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def _widen(self, row: dict) -> None:
+        frame = read_table(self.path)
+        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _replace_atomically(frame, self.path)
+        self.columns = list(frame.columns)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def load_records(folder: Path) -> list[TrialRecord]:
+    """TrialRecords back from a results folder's tables (a resumed driver keeps what was already written).
+
+    epochs.csv is the log: a trial's epoch reported twice (re-run after a resume) keeps its last report.
+    """
+    trials, epochs = (read_table(Path(folder) / name) for name in (TRIALS_FILE, EPOCHS_FILE))
+    rows_by_trial: dict[str, list[dict]] = {}
+    if not epochs.empty and "trial_id" in epochs:
+        epochs = epochs.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values("epoch", kind="stable")
+        for trial_id, group in epochs.groupby("trial_id", sort=False):
+            rows_by_trial[str(trial_id)] = [
+                {k: _plain(v) for k, v in row.items()
+                 if not k.startswith(PARAM_PREFIX) and k != "trial_id" and not _missing(v)}
+                for row in group.to_dict("records")]
+    records = []
+    for trial in trials.to_dict("records"):
+        trial_id = str(trial["trial_id"])
+        params = {k[len(PARAM_PREFIX):]: _plain(v) for k, v in trial.items() if k.startswith(PARAM_PREFIX)}
+        records.append(TrialRecord(
+            trial_id, params, rows_by_trial.get(trial_id, []),
+            error=trial[ERROR_KEY] if isinstance(trial.get(ERROR_KEY), str) else None,
+            checkpoint=trial["checkpoint"] if isinstance(trial.get("checkpoint"), str) else None,
+            pruned=trial["status"] == STATUS_PRUNED, interrupted=trial["status"] == STATUS_INTERRUPTED,
+            planned_epochs=_plain(trial.get("epochs_planned"))))
     return records
 
 
@@ -139,15 +213,87 @@ def save_spec(folder: Path, spec) -> None:
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1, default=list))
 
 
+REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "checkpoint")
+STATUSES = ENDED + UNFINISHED
+
+
 def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(trials, epochs, study spec dict) of a results folder; ValueError if it is not one."""
+    """(trials, epochs, study spec dict) of a results folder.
+
+    Raises:
+        ValueError if it is not one, or if its tables are truncated or disagree with each other.
+    """
     folder = Path(folder)
     missing = [name for name in (TRIALS_FILE, SPEC_FILE) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
                          f"run python study/run.py --space FILE first")
-    spec = json.loads((folder / SPEC_FILE).read_text())
-    return read_table(folder / TRIALS_FILE), read_table(folder / EPOCHS_FILE), spec
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+        if not isinstance(spec, dict) or not {"name", "metrics", "modes"} <= set(spec):
+            raise ValueError("not a study description")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{folder / SPEC_FILE} is damaged ({error}); it is written when a study starts") from None
+    try:
+        trials, epochs = read_table(folder / TRIALS_FILE), read_table(folder / EPOCHS_FILE)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{folder}: a table is malformed ({str(error).splitlines()[0][:120]}); "
+                         "it may have been cut short or edited") from None
+    check_tables(trials, epochs, folder)
+    return trials, epochs, spec
+
+
+def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> None:
+    """Refuse tables that cannot be a study's: missing columns, unknown statuses, duplicate or unknown trials,
+    or a trial whose epoch count disagrees with epochs.csv (a table cut short or edited by hand)."""
+    where = f"{folder / TRIALS_FILE}"
+    if trials.empty:
+        raise ValueError(f"{where} holds no trials (is the study still starting?)")
+    lacking = [c for c in REQUIRED_TRIAL_COLUMNS if c not in trials]
+    if lacking:
+        raise ValueError(f"{where} lacks column(s) {', '.join(lacking)}: it is cut short or not a trials table")
+    unknown = sorted(set(trials["status"].astype(str)) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"{where}: unknown status {unknown[0]!r} (allowed: {', '.join(STATUSES)}); "
+                         "the table is cut short or was edited")
+    if trials["trial_id"].isna().any() or trials["trial_id"].duplicated().any():
+        raise ValueError(f"{where}: trial ids are missing or repeated")
+    if epochs.empty:
+        return
+    if "trial_id" not in epochs or "epoch" not in epochs:
+        raise ValueError(f"{folder / EPOCHS_FILE} lacks trial_id/epoch columns: it is cut short or not an epochs table")
+    strangers = sorted(set(epochs["trial_id"].astype(str)) - set(trials["trial_id"].astype(str)))
+    if strangers:
+        raise ValueError(f"{where} lacks {len(strangers)} trial(s) that epochs.csv holds (e.g. {strangers[0]}): "
+                         "trials.csv is cut short")
+    # trials.csv may lag epochs.csv by a few seconds for a running trial (it is a summary, rewritten less often),
+    # never for an ended one: its row was written when it ended.
+    last_epoch = epochs.groupby("trial_id")["epoch"].max()
+    table = trials.set_index("trial_id").reindex(last_epoch.index)
+    runs, ended = table["epochs_run"].astype(float), table["status"].isin(ENDED)
+    disagree = last_epoch.index[(ended & (runs != last_epoch)) | (~ended & (runs > last_epoch))]
+    if len(disagree):
+        trial = disagree[0]
+        raise ValueError(f"{where}: trial {trial} ran {runs[trial]:.0f} epoch(s) but epochs.csv holds "
+                         f"{last_epoch[trial]}; the tables disagree (cut short or edited)")
+
+
+def planned_trials(spec: dict) -> int:
+    """How many trials the study file asks for (grid points x repeats, or num_samples)."""
+    if spec.get("algorithm") == "grid":
+        return math.prod(len(p.get("values") or ()) for p in spec.get("parameters", ())) * int(spec.get("repeats", 1))
+    return int(spec.get("num_samples", 0))
+
+
+def incomplete_note(trials: pd.DataFrame, spec: dict, space: str | None = None) -> str | None:
+    """'incomplete: N of M trials unfinished — resume with ...', or None when every planned trial has ended."""
+    ended = int(trials["status"].isin(ENDED).sum()) if len(trials) else 0
+    planned = max(planned_trials(spec), len(trials))
+    if ended >= planned:
+        return None
+    space = space or Path(str(spec.get("path", spec["name"]))).name  # a bare name is found in search_spaces/
+    return (f"incomplete: {planned - ended} of {planned} trials unfinished — resume with "
+            f"python study/run.py --space {space} --name {spec['name']} --resume")
 
 
 def pareto_mask(trials: pd.DataFrame, columns, modes) -> np.ndarray:
@@ -164,12 +310,22 @@ def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:
     return trials[pareto_mask(trials, [BEST_PREFIX + m for m in metrics], modes)]
 
 
+BEST_RULE = ("The best trial is the completed trial whose best epoch has the best objective value (multi-objective: "
+             "the Pareto front, then the first metric); pruned trials count only when none completed.")
+
+
 def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
-    """The best finished trial by its best epoch (multi-objective: Pareto front, then first metric)."""
-    candidates = trials[trials["status"].isin(FINISHED)]
-    candidates = candidates[np.isfinite(candidates[[BEST_PREFIX + m for m in metrics]].astype(float)).all(axis=1)]
+    """The study's best trial: among completed trials, the best value of the objective at its best epoch
+    (multi-objective: the Pareto front, then the first metric). Pruned trials stopped at lower fidelity, so
+    they are candidates only when no trial completed; running, interrupted, diverged and failed trials never are.
+    """
+    objective = trials[[BEST_PREFIX + m for m in metrics]].astype(float)
+    usable = np.isfinite(objective).all(axis=1)
+    candidates = trials[usable & (trials["status"] == STATUS_COMPLETED)]
     if candidates.empty:
-        raise ValueError("no finished trial with finite objective values yet")
+        candidates = trials[usable & (trials["status"] == STATUS_PRUNED)]
+    if candidates.empty:
+        raise ValueError("no completed or pruned trial with finite objective values yet")
     if len(metrics) > 1:
         candidates = pareto_front(candidates, metrics, modes)
     column = BEST_PREFIX + metrics[0]

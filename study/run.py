@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,14 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python study/run.py` from a checkout works without installing
     sys.path.insert(0, str(REPO))
 
-from study.space import SpecError, load_spec  # noqa: E402  (light: no Ray, no TensorFlow)
+from cvae.cli import ArgumentParser, fail  # noqa: E402
+from cvae.config import DATASETS  # noqa: E402
+from study.space import SpecError, check_name, load_spec  # noqa: E402  (light: no Ray, no TensorFlow)
 
 # Uploaded to cluster nodes with the code: everything but outputs and history.
 RUNTIME_EXCLUDES = [".git", "results", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python study/run.py",
         description="Run a hyperparameter study of the C-VAE with Ray Tune + Optuna. Tables go to "
         "results/<name>/trials.csv and epochs.csv while it runs; checkpoints to results/<name>/tune/.",
@@ -34,7 +38,9 @@ def parse_args(argv):
     parser.add_argument("--name", help="study name (default: the file's name:); results go to results/<name>")
     parser.add_argument("--num-samples", type=int, help="number of Optuna trials (overrides search.num_samples)")
     parser.add_argument("--max-epochs", type=int, help="cap every trial's epochs (and ASHA's max_t)")
-    parser.add_argument("--dataset", choices=["mnist", "mnist-5k", "fashion-mnist"], help="override fixed.dataset")
+    parser.add_argument("--dataset", choices=DATASETS, help="override fixed.dataset")
+    parser.add_argument("--data-path", help="override fixed.data_path: a folder of IDX .gz files or a keras mnist.npz "
+                        "(relative to where you run the command; checked before Ray starts)")
     parser.add_argument("--max-train-samples", type=int, help="train on a stratified subset (0 = all)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
@@ -53,28 +59,31 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+MAX_FLAG = {"num_samples": 10_000, "max_epochs": 10_000, "max_concurrent": 1_024, "max_train_samples": 10_000_000}
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
+CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
 
 
 def prepare(args):
-    """Everything that can be checked before Ray starts: spec, overrides, paths. Exits 2 on bad input."""
+    """Everything that can be checked before Ray starts: spec, overrides, paths, data. Exits 2 on bad input."""
     try:
         spec = load_spec(args.space)
-        for flag in ("num_samples", "max_epochs", "max_concurrent", "max_train_samples"):
-            value = getattr(args, flag)
-            if value is not None and value < (0 if flag == "max_train_samples" else 1):
-                raise SpecError(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'max_train_samples' else 1}, got {value}")
+        for flag, high in MAX_FLAG.items():
+            value, low = getattr(args, flag), 0 if flag == "max_train_samples" else 1
+            if value is not None and not low <= value <= high:
+                raise SpecError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
+        if args.name is not None:
+            check_name(args.name, "--name")
+        data_path = args.data_path if args.data_path is not None else spec.fixed.get("data_path")
         spec = spec.with_overrides(
             name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs, dataset=args.dataset,
             max_train_samples=args.max_train_samples, max_concurrent=args.max_concurrent,
             cpu=args.cpus_per_trial, gpu=args.gpus_per_trial,
+            # trials run in Ray workers elsewhere: a relative path means "from where the command runs"
+            data_path=str(Path(data_path).expanduser().resolve()) if data_path else None,
         )
     except SpecError as error:
         fail(str(error))
-    if args.name and not all(ch.isalnum() or ch in "-_." for ch in args.name):
-        fail(f"--name {args.name!r} may only hold letters, digits, '-', '_' and '.'")
     if spec.sampler == "gp" and spec.algorithm == "optuna" and importlib.util.find_spec("torch") is None:
         fail(f"{Path(spec.path).name}: search: sampler gp needs PyTorch (pip install torch); "
              "without it use tpe, random, cmaes or nsga2")
@@ -87,19 +96,66 @@ def prepare(args):
             open_storage(args.storage)
         except Exception as error:  # unreachable server, unwritable file, missing driver
             fail(f"--storage {args.storage}: cannot open the database ({str(error).splitlines()[0][:160]})")
-    results_dir = Path(args.results_dir).resolve() / spec.name
+    if args.address:
+        check_address(args.address)
+    results_dir = writable_folder(Path(args.results_dir), "--results-dir") / spec.name
     storage_path = args.storage_path or str(results_dir / "tune")
     if "://" not in storage_path:
-        storage_path = str(Path(storage_path).resolve())
+        storage_path = str(writable_folder(Path(storage_path), "--storage-path"))
     experiment = f"{storage_path.rstrip('/')}/{spec.name}"
-    exists = "://" in storage_path or (Path(experiment) / "tuner.pkl").exists()
-    if args.resume and "://" not in storage_path and not exists:
+    return spec, results_dir, storage_path, experiment
+
+
+def writable_folder(folder: Path, flag: str) -> Path:
+    """`folder` made absolute and created, or exit 2 saying why it cannot hold results."""
+    folder = folder.expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        fail(f"{flag} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        fail(f"{flag} {folder} cannot hold results ({error.strerror or error})")
+    return folder
+
+
+def check_address(address: str) -> None:
+    """HOST:PORT of a Ray head that answers within CONNECT_TIMEOUT_S, or exit 2 (ray.init would wait minutes)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"--address {address!r} must be HOST:PORT of a Ray head node, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        fail(f"--address {address}: no Ray head answers there ({error.strerror or error}); "
+             "start one with `ray start --head` or fix the address")
+
+
+def check_study_folder(args, spec, results_dir: Path, experiment: str) -> None:
+    """A new study must not overwrite one; --resume needs one, made from the same study name."""
+    exists = "://" in experiment or (Path(experiment) / "tuner.pkl").exists()
+    if args.resume and "://" not in experiment and not exists:
         fail(f"--resume: no study to continue at {experiment}; run without --resume first")
-    if not args.resume and "://" not in storage_path and exists:
+    if not args.resume and "://" not in experiment and exists:
         fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
     if not args.resume and (results_dir / "trials.csv").exists():
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
-    return spec, results_dir, storage_path, experiment
+
+
+def check_data(spec) -> None:
+    """Read the study's data once in the driver, so bad data is one line now instead of failing every trial."""
+    from cvae.data import DatasetError, load_dataset
+
+    config = spec.trial_config({})
+    if not config.data_path and config.dataset == "mnist":
+        return  # the lookup order ends at the embedded sample, which check_download reports on
+    try:
+        load_dataset(config.dataset, config.data_path)
+    except DatasetError as error:
+        fail(str(error))
 
 
 def _is_loopback(address: str) -> bool:
@@ -107,11 +163,15 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
-def keep_loopback_address(address: str | None) -> None:
-    """Must run before ray is imported: Ray rewrites a loopback address to the machine's routable IP unless
-    this flag is off, and a cluster started with --node-ip-address=127.0.0.1 listens on loopback only."""
-    if address and _is_loopback(address):
+def keep_loopback(address: str | None) -> None:
+    """Must run before ray is imported. Ray binds every server to all interfaces and advertises the machine's
+    routable IP unless this flag is off; with it off a local Ray (and a cluster joined on 127.0.0.1) listens on
+    loopback only. A real multi-machine cluster keeps Ray's default."""
+    if not address or _is_loopback(address):
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Tune snapshots the experiment at most every 10 s by default: a driver killed in between lost trials that
+    # had started and checkpoints they had written. A snapshot per controller step costs milliseconds here.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 def check_download(spec) -> dict:
@@ -136,9 +196,16 @@ def start_ray(address: str | None, spec, extra_env: dict) -> None:
     worker_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra_env}
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
-        ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
-                                               "env_vars": worker_env},
-                 _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
+                                                   "env_vars": worker_env},
+                     _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
+        except Exception as error:  # noqa: BLE001 (ray raises many kinds; the user needs one line)
+            text = f"{type(error).__name__}: {error}"
+            if "auth" in text.lower() or "token" in text.lower():
+                fail(f"--address {address}: the cluster requires its authentication token; set RAY_AUTH_TOKEN "
+                     "(or RAY_AUTH_TOKEN_PATH) to the head node's token (`ray get-auth-token` there)")
+            fail(f"--address {address}: cannot join the Ray cluster ({text.splitlines()[0][:200]})")
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -180,13 +247,37 @@ def summarise(trials, spec, results_dir: Path) -> None:
           f"  python study/sample.py {results_dir} --out best.png")
 
 
+def stop_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM (a scheduler's or a container's stop) ends the study the way Ctrl-C does: state saved, tables
+    written, running trials marked interrupted."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     spec, results_dir, storage_path, experiment = prepare(args)
-    keep_loopback_address(args.address)
+    from study.lock import StudyLock, StudyLocked
+    from study.results import LOCK_FILE
 
-    from study.results import add_missing_epochs, load_records, save_spec, write_tables
-    from study.tuner import build_tuner, records_from_grid, restore_tuner
+    try:
+        lock = StudyLock(results_dir / LOCK_FILE).acquire()
+    except StudyLocked as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot lock {results_dir} ({error.strerror or error})")
+    try:
+        check_study_folder(args, spec, results_dir, experiment)
+        check_data(spec)
+        return run_study(args, spec, results_dir, storage_path, experiment)
+    finally:
+        lock.release()
+
+
+def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str) -> int:
+    keep_loopback(args.address)
+
+    from study.results import STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
+    from study.tuner import build_tuner, finish_records, restore_tuner
 
     save_spec(results_dir, spec)
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
@@ -195,20 +286,25 @@ def main(argv=None) -> int:
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
     start_ray(args.address, spec, check_download(spec))
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     started = time.time()
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)
     grid = tuner.fit()
-    records = add_missing_epochs(records_from_grid(grid, spec), load_records(results_dir))
+    records = finish_records(grid, spec, load_records(results_dir))
     trials, _ = write_tables(results_dir, records, spec.metrics, spec.modes)
-    unfinished = int(trials["status"].isin(["running", "pending"]).sum()) if len(trials) else 0
-    if unfinished:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
-        print(f"stopped after {time.time() - started:.0f} s with {unfinished} unfinished trial(s); continue with:\n"
-              f"  python study/run.py --space {args.space} --resume" + (f" --name {spec.name}" if args.name else ""))
+    note = incomplete_note(trials, spec.to_dict(), args.space)
+    if note:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
+        print(f"stopped after {time.time() - started:.0f} s; {note}", flush=True)
     else:
         print(f"finished in {time.time() - started:.0f} s")
     summarise(trials, spec, results_dir)
-    return 0
+    errors = int((trials["status"] == STATUS_ERROR).sum()) if len(trials) else 0
+    if errors:
+        print(f"{errors} trial(s) failed with an error (the `error` column of {results_dir / 'trials.csv'})",
+              file=sys.stderr)
+        return 1
+    return EXIT_INTERRUPTED if note else 0
 
 
 if __name__ == "__main__":

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.results import best_trial, load_results  # noqa: E402
+from cvae.cli import ArgumentParser, fail  # noqa: E402
+from study.results import best_trial, incomplete_note, load_results  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python study/sample.py",
         description="Draw digits from the best trial's checkpoint (or --trial ID's). Every other option is passed "
         "to python -m cvae.sample: --out, --digits, --thickness, --samples, --seed, --style IMAGE, --scale.",
@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
     parser.add_argument("--trial", help="trial id from trials.csv (default: the best trial)")
     args, passed_on = parser.parse_known_args(argv)
+    from cvae.sample import main as sample_main, parse_args as parse_sample_args
+
+    parse_sample_args(["CHECKPOINT", *passed_on])  # every option checked before any table or model is read
     try:
         trials, _, spec = load_results(args.results)
         if args.trial:
@@ -32,10 +35,10 @@ def main(argv=None) -> int:
         if not isinstance(row["checkpoint"], str) or not row["checkpoint"]:
             raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from cvae.sample import main as sample_main
-
+        fail(str(error))
+    note = incomplete_note(trials, spec)
+    if note:
+        print(note)
     print(f"trial {row['trial_id']}: {row['checkpoint']}")
     return sample_main([row["checkpoint"], *passed_on])
 

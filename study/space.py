@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cvae.config import PRESETS, TrialConfig, preset
+from cvae.config import MAX_EPOCHS, PRESETS, TrialConfig, preset
 from cvae.metrics import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +31,72 @@ SECTION_KEYS = {
     "resources": ("cpu", "gpu"),
 }
 PARAMETER_KEYS = ("distribution", "low", "high", "log", "values", "step")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name on every OS, never '.', '..' or ''
+MAX_FILE_BYTES = 256 * 1024  # a study file is a screenful; anything larger is not one
+MAX_TRIALS = 10_000  # num_samples, and grid points x repeats
+MAX_REPEATS = 1_000
+MAX_CONCURRENT = 1_024
+MAX_VALUES = 1_000  # categorical values of one parameter
+MAX_TEXT = 2_000  # characters of the description
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without the surprises: duplicate keys and anchors/aliases are refused, not resolved.
+
+    A duplicate key would silently keep the last value; aliases allow exponential "billion laughs" documents.
+    """
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise SpecError(f"line {event.start_mark.line + 1}: anchors and aliases (&, *) are not allowed in a study file")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: keys must be plain names, got {key!r}")
+            if key in seen:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (each key may appear once)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A study file's YAML: UTF-8, at most MAX_FILE_BYTES, strict (see _StrictLoader). SpecError otherwise."""
+    where = path.name
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # never more, whatever stat() claims
+        if len(data) > MAX_FILE_BYTES:
+            raise SpecError(f"{where}: too large for a study file (at most {MAX_FILE_BYTES} bytes)")
+        if b"\0" in data:
+            raise SpecError(f"{where}: a binary file, not a study file (YAML text)")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{where}: not a UTF-8 text file (byte {error.start}); a study file is YAML text") from None
+    except OSError as error:
+        raise SpecError(f"{where}: cannot read it ({error.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except SpecError as error:
+        raise SpecError(f"{where}: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(f"{where}:{line} is not valid YAML ({problem})") from None
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply to be a study file") from None
+
+
+def check_name(name: Any, what: str) -> str:
+    """A study name (folder under results/): 1-100 letters, digits, '.', '_' or '-', not starting with '.', '-'."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SpecError(f"{what} {name!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
 
 
 class SpecError(ValueError):
@@ -87,6 +155,8 @@ class StudySpec:
     def with_overrides(self, **overrides: Any) -> "StudySpec":
         """Command-line overrides (None = keep); the result is validated again."""
         changes = {key: value for key, value in overrides.items() if value is not None}
+        if "name" in changes:
+            check_name(changes["name"], "--name")
         fixed_changes = {key: changes.pop(key) for key in ("dataset", "max_train_samples", "data_path") if key in changes}
         spec = dataclasses.replace(self, fixed={**self.fixed, **fixed_changes}, **changes)
         _check_semantics(spec, spec.path)
@@ -164,30 +234,30 @@ def load_spec(space: str | Path) -> StudySpec:
     """
     path = resolve_path(space)
     where = path.name
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{where}:{line} is not valid YAML ({getattr(error, 'problem', error)})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: the file must be a mapping with keys {', '.join(TOP_KEYS)}")
     _check_keys(raw, TOP_KEYS, where)
+    sections = {}
     for section, keys in SECTION_KEYS.items():
-        value = raw.get(section, {})
-        if section == "objective" and value is None:
-            value = {}
+        value = raw.get(section)
+        value = {} if value is None else value
         if not isinstance(value, dict):
             raise SpecError(f"{where}: '{section}' must be a mapping with keys {', '.join(keys)}")
         _check_keys(value, keys, f"{where}: {section}")
-    if not raw.get("name") or not isinstance(raw["name"], str):
+        sections[section] = value
+    if "name" not in raw:
         raise SpecError(f"{where}: 'name' is required (a short folder-safe study name)")
-    if not all(ch.isalnum() or ch in "-_." for ch in raw["name"]):
-        raise SpecError(f"{where}: name {raw['name']!r} may only hold letters, digits, '-', '_' and '.'")
+    name = check_name(raw["name"], f"{where}: name")
+    description = raw.get("description", "")
+    description = "" if description is None else description
+    if not isinstance(description, str) or len(description) > MAX_TEXT:
+        raise SpecError(f"{where}: description must be text of at most {MAX_TEXT} characters")
     base = raw.get("base", "model_4")
-    if base not in PRESETS:
+    if not isinstance(base, str) or base not in PRESETS:
         raise SpecError(f"{where}: base: unknown preset {base!r}; allowed: {', '.join(PRESETS)}")
-    fixed = raw.get("fixed") or {}
+    fixed = raw.get("fixed")
+    fixed = {} if fixed is None else fixed
     if not isinstance(fixed, dict):
         raise SpecError(f"{where}: 'fixed' must be a mapping of TrialConfig fields to values")
     fields = set(TrialConfig.__dataclass_fields__)
@@ -195,27 +265,19 @@ def load_spec(space: str | Path) -> StudySpec:
         if key not in fields:
             raise SpecError(f"{where}: fixed: {key!r} is not a TrialConfig field; allowed: {', '.join(sorted(fields))}")
 
-    search = raw.get("search") or {}
+    search, scheduler, resources = sections["search"], sections["scheduler"], sections["resources"]
     algorithm = search.get("algorithm", "optuna")
-    parameters = tuple(_parse_parameter(name, body, where, fields, algorithm)
-                       for name, body in (raw.get("parameters") or {}).items())
-    objective = raw.get("objective") or {}
-    metrics = objective.get("metric", "fid")
-    metrics = tuple(metrics) if isinstance(metrics, list) else (metrics,)
-    for metric in metrics:
-        if metric not in METRICS:
-            raise SpecError(f"{where}: objective: metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
-    modes = objective.get("mode")
-    if modes is None:
-        modes = tuple(METRICS[m].mode for m in metrics)
-    else:
-        modes = tuple(modes) if isinstance(modes, list) else (modes,) * len(metrics)
-    if len(modes) != len(metrics) or any(mode not in ("min", "max") for mode in modes):
-        raise SpecError(f"{where}: objective: mode must be min or max, one per metric (got {list(modes)})")
-    scheduler = raw.get("scheduler") or {}
-    resources = raw.get("resources") or {}
+    if algorithm not in ALGORITHMS:
+        raise SpecError(f"{where}: search: algorithm {algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS)}")
+    raw_parameters = raw.get("parameters")
+    raw_parameters = {} if raw_parameters is None else raw_parameters
+    if not isinstance(raw_parameters, dict):
+        raise SpecError(f"{where}: 'parameters' must be a mapping of field names to "
+                        "{distribution: ..., low: ..., high: ...} or {values: [...]}")
+    parameters = tuple(_parse_parameter(name, body, where, fields, algorithm) for name, body in raw_parameters.items())
+    metrics, modes = _parse_objective(sections["objective"], where)
     values = dict(
-        name=raw["name"], path=str(path), description=str(raw.get("description", "")), base=base, fixed=dict(fixed),
+        name=name, path=str(path), description=description, base=base, fixed=dict(fixed),
         parameters=parameters, metrics=metrics, modes=modes, algorithm=algorithm,
         sampler=search.get("sampler", "tpe"), seed=search.get("seed", 0), num_samples=search.get("num_samples", 8),
         max_concurrent=search.get("max_concurrent", 2), repeats=search.get("repeats", 1),
@@ -228,6 +290,27 @@ def load_spec(space: str | Path) -> StudySpec:
     return spec
 
 
+def _parse_objective(objective: dict, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    metrics = objective.get("metric", "fid")
+    if isinstance(metrics, list):
+        if not metrics or len(set(map(str, metrics))) != len(metrics):
+            raise SpecError(f"{where}: objective: metric must be a metric name or a non-empty list of distinct names")
+        metrics = tuple(metrics)
+    else:
+        metrics = (metrics,)
+    for metric in metrics:
+        if not isinstance(metric, str) or metric not in METRICS:
+            raise SpecError(f"{where}: objective: metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
+    modes = objective.get("mode")
+    if modes is None:
+        modes = tuple(METRICS[m].mode for m in metrics)
+    else:
+        modes = tuple(modes) if isinstance(modes, list) else (modes,) * len(metrics)
+    if len(modes) != len(metrics) or any(mode not in ("min", "max") for mode in modes):
+        raise SpecError(f"{where}: objective: mode must be min or max, one per metric (got {list(modes)!r})")
+    return metrics, modes
+
+
 def _check_keys(mapping: dict, allowed, where: str) -> None:
     unknown = [key for key in mapping if key not in allowed]
     if unknown:
@@ -235,8 +318,8 @@ def _check_keys(mapping: dict, allowed, where: str) -> None:
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{what} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{what} must be a finite number, got {value!r}")
     return value
 
 
@@ -244,16 +327,23 @@ def _parse_parameter(name: str, body, where: str, fields: set, algorithm: str) -
     at = f"{where}: parameters.{name}"
     if name != PRESET_PARAMETER and name not in fields:
         raise SpecError(f"{at}: {name!r} is not a TrialConfig field; allowed: {PRESET_PARAMETER}, {', '.join(sorted(fields))}")
+    if not isinstance(name, str):
+        raise SpecError(f"{where}: parameters: {name!r} is not a TrialConfig field name")
     if not isinstance(body, dict):
         raise SpecError(f"{at}: must be a mapping like {{distribution: uniform, low: 0, high: 1}} or {{values: [...]}}")
     _check_keys(body, PARAMETER_KEYS, at)
     if "values" in body:
         values = body["values"]
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"{at}: values must be a non-empty list")
+        if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
+            raise SpecError(f"{at}: values must be a non-empty list of at most {MAX_VALUES} values")
+        if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
+            raise SpecError(f"{at}: values must be numbers or names, not lists, mappings or booleans")
+        if len(set(values)) != len(values):
+            raise SpecError(f"{at}: values must be distinct")
         distribution = body.get("distribution", "categorical")
-        if distribution != "categorical":
-            raise SpecError(f"{at}: values go with distribution categorical, not {distribution!r}")
+        if distribution != "categorical" or set(body) - {"values", "distribution"}:
+            raise SpecError(f"{at}: values go alone (with distribution categorical at most), not with "
+                            f"{', '.join(sorted(set(body) - {'values'}))}")
         if name == PRESET_PARAMETER:
             unknown = [v for v in values if v not in PRESETS]
             if unknown:
@@ -279,17 +369,33 @@ def _parse_parameter(name: str, body, where: str, fields: set, algorithm: str) -
     low, high = _number(body["low"], f"{at}: low"), _number(body["high"], f"{at}: high")
     if low >= high:
         raise SpecError(f"{at}: low ({low}) must be < high ({high})")
-    log = bool(body.get("log", False))
+    log = body.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{at}: log must be true or false, got {log!r}")
+    if distribution == "log_uniform" and "log" in body:
+        raise SpecError(f"{at}: log_uniform is already on a log scale; drop log:")
     if (distribution == "log_uniform" or log) and low <= 0:
         raise SpecError(f"{at}: a log scale needs low > 0 (got {low})")
     if distribution == "int" and (int(low) != low or int(high) != high):
         raise SpecError(f"{at}: int needs integer low and high")
+    step = body.get("step")
+    if step is not None:
+        _number(step, f"{at}: step")
+        if distribution == "int" and (not isinstance(step, int) or step < 1):
+            raise SpecError(f"{at}: step of an int range must be an integer >= 1, got {step!r}")
+        if step <= 0 or step > high - low:
+            raise SpecError(f"{at}: step must be > 0 and at most high - low ({high - low}), got {step!r}")
+        if log or distribution == "log_uniform":
+            raise SpecError(f"{at}: step cannot be combined with a log scale (Optuna forbids it)")
+        ratio = (high - low) / step
+        if not math.isclose(ratio, round(ratio), rel_tol=0, abs_tol=1e-9):
+            raise SpecError(f"{at}: high - low ({high - low}) must be a whole number of steps ({step})")
     for bound in (low, high):
         try:
             TrialConfig.from_dict({name: int(bound) if distribution == "int" else float(bound)})
         except ValueError as error:
             raise SpecError(f"{at}: {error}") from None
-    return Parameter(name, distribution, low=low, high=high, log=log, step=body.get("step"))
+    return Parameter(name, distribution, low=low, high=high, log=log, step=step)
 
 
 def _check_semantics(spec: StudySpec, where: str) -> None:
@@ -300,18 +406,23 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
     need(spec.algorithm in ALGORITHMS, f"search: algorithm {spec.algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS)}")
     need(spec.sampler in SAMPLERS, f"search: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     need(spec.scheduler in SCHEDULERS, f"scheduler: type {spec.scheduler!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
-    for key in ("seed", "num_samples", "max_concurrent", "repeats", "grace_period", "reduction_factor"):
+    limits = {"seed": (0, 2**32 - 1), "num_samples": (1, MAX_TRIALS), "max_concurrent": (1, MAX_CONCURRENT),
+              "repeats": (1, MAX_REPEATS), "grace_period": (1, MAX_EPOCHS), "reduction_factor": (2, 100)}
+    for key, (low, high) in limits.items():
         value = getattr(spec, key)
-        need(isinstance(value, int) and not isinstance(value, bool) and value >= (0 if key == "seed" else 1),
-             f"{key} must be an integer >= {0 if key == 'seed' else 1}, got {value!r}")
-    need(spec.reduction_factor >= 2, f"scheduler: reduction_factor must be >= 2, got {spec.reduction_factor}")
-    need(spec.max_epochs is None or (isinstance(spec.max_epochs, int) and spec.max_epochs >= 1),
-         f"scheduler: max_epochs must be an integer >= 1, got {spec.max_epochs!r}")
-    for key in ("cpu", "gpu"):
+        need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+             f"{key} must be an integer in [{low}, {high}], got {value!r}")
+    need(spec.max_epochs is None or (isinstance(spec.max_epochs, int) and not isinstance(spec.max_epochs, bool)
+                                     and 1 <= spec.max_epochs <= MAX_EPOCHS),
+         f"scheduler: max_epochs must be an integer in [1, {MAX_EPOCHS}], got {spec.max_epochs!r}")
+    for key, high in (("cpu", 1024), ("gpu", 64)):
         value = getattr(spec, key)
-        need(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-             f"resources: {key} must be a number >= 0, got {value!r}")
+        need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high,
+             f"resources: {key} must be a number in [0, {high}], got {value!r}")
     need(spec.cpu > 0, "resources: cpu must be > 0 (each trial runs TensorFlow on at least part of a core)")
+    if spec.algorithm == "grid":
+        points = math.prod(len(p.values) for p in spec.parameters) * spec.repeats
+        need(points <= MAX_TRIALS, f"search: the grid has {points} trials (values x repeats); at most {MAX_TRIALS}")
     need(not (spec.multi_objective and spec.scheduler == "asha"),
          "objective: a list of metrics (multi-objective) cannot be used with scheduler type asha; use fifo")
     if spec.algorithm == "grid":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -9,7 +10,9 @@ import time
 import ray
 from ray import tune
 
+from cvae.metrics import SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import CHECKPOINT_KEY, train
+from study.results import ERROR_KEY, STATUS_ERROR
 
 
 def limit_threads(cpus: float) -> float:
@@ -33,26 +36,42 @@ def limit_threads(cpus: float) -> float:
     return imported
 
 
-def _reporter(extra: dict):
+def _reporter(extra: dict, progress: dict):
     def report(metrics: dict) -> None:
         folder = metrics.pop(CHECKPOINT_KEY, None)
         metrics.update(extra, node_id=ray.get_runtime_context().get_node_id())  # retries may move nodes
+        progress["epoch"] = metrics.get("epoch", progress["epoch"])
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
     return report
 
 
+def report_failure(error: Exception, epoch: int) -> None:
+    """End the trial as `error` with its cause instead of raising.
+
+    A raised exception makes Tune retry the trial as if its node had died; bad data, a bad config or a bug fail
+    the same way every time, so the retries would only triple the cost and bury the cause. Every metric is
+    present (NaN) because searchers and schedulers expect their keys in every result.
+    """
+    message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    tune.report({**{name: math.nan for name in TRAIN_METRICS + VALIDATION_METRICS + SAMPLE_METRICS},
+                 "epoch": epoch, "status": STATUS_ERROR, ERROR_KEY: message})
+
+
 def run_trial(params: dict, spec) -> None:
     """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params."""
-    config = spec.trial_config(params)
-    report = _reporter({"tensorflow_import_seconds": limit_threads(spec.cpu)})
+    progress = {"epoch": 0}
     scratch = tempfile.mkdtemp(prefix="cvae-trial-")
-    restored = tune.get_checkpoint()
     try:
+        config = spec.trial_config(params)
+        report = _reporter({"tensorflow_import_seconds": limit_threads(spec.cpu)}, progress)
+        restored = tune.get_checkpoint()
         if restored is None:
             train(config, report=report, checkpoint_dir=scratch)
         else:
             with restored.as_directory() as folder:
                 train(config, report=report, checkpoint=folder, checkpoint_dir=scratch)
+    except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
+        report_failure(error, progress["epoch"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

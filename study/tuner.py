@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -11,12 +12,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.results import TrialRecord, load_records, trial_status, write_tables
+from study.results import (EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING, EpochLog, TrialRecord, epoch_row,
+                           load_records, trial_status, write_trials)
 from study.space import open_storage
 from study.trainable import run_trial
 
 TIME_ATTR = "epoch"
 KEY_PARAMS_SHOWN = 4
+TRIALS_WRITE_S = 2.0  # trials.csv is a summary of epochs.csv (the log), so it may lag by this much
 
 
 def make_sampler(name: str, seed: int, multi_objective: bool):
@@ -83,19 +86,26 @@ def planned_epochs(spec, params: dict) -> int | None:
 
 
 class StudyProgress(tune.Callback):
-    """Prints one line per trial event and keeps trials.csv / epochs.csv current while the study runs."""
+    """Prints one line per trial event and keeps the tables current while the study runs.
+
+    Every reported epoch is appended to epochs.csv (flushed to disk) before its line is printed, so an epoch a
+    user saw survives any stop; trials.csv is rewritten on trial events and at most every TRIALS_WRITE_S.
+    """
 
     def __init__(self, spec, results_dir: Path):
         self.spec = spec
         self.results_dir = results_dir
         self.records: dict[str, TrialRecord] = {}
+        self.epoch_log: EpochLog | None = None
         self.started = time.time()
         self.last_write = 0.0
 
     def setup(self, **info):
         # A resumed study starts from the tables already written, so a second interruption loses nothing.
-        if not self.records:
-            self.records = {r.trial_id: r for r in load_records(self.results_dir)}
+        self.records = {r.trial_id: r for r in load_records(self.results_dir)}
+        for record in self.records.values():
+            record.interrupted = False  # running again (the end of this run decides anew)
+        self.epoch_log = EpochLog(self.results_dir / EPOCHS_FILE)
 
     def _record(self, trial) -> TrialRecord:
         record = self.records.get(trial.trial_id)
@@ -111,41 +121,69 @@ class StudyProgress(tune.Callback):
         print(f"[{elapsed:6.0f}s] {trial.trial_id} {text:<38} {params}", flush=True)
 
     def _write(self, force: bool = False) -> None:
-        if force or time.time() - self.last_write > 1:
-            write_tables(self.results_dir, list(self.records.values()), self.spec.metrics, self.spec.modes)
+        if force or time.time() - self.last_write > TRIALS_WRITE_S:
+            write_trials(self.results_dir, list(self.records.values()), self.spec.metrics, self.spec.modes)
             self.last_write = time.time()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._record(trial)
         self._line(trial, "started")
+        self._write(force=True)  # the trial exists on disk before anything else happens to it
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._record(trial)
-        row = {k: v for k, v in result.items() if k != "config"}
+        row = {k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)}
+        if row.get("status") == STATUS_ERROR:  # the trainable caught an exception: not an epoch
+            record.error = str(row.get(ERROR_KEY) or "error")
+            self._write(force=True)
+            return
         record.rows = [r for r in record.rows if r.get("epoch") != row.get("epoch")] + [row]
+        # Tune sets done on the result that carried the scheduler's STOP; the trainable never sets it.
+        if result.get("done") and row.get("status") == STATUS_RUNNING:
+            record.pruned = True
+        self.epoch_log.append(epoch_row(record, row))
         objective = ", ".join(f"{m}={_short(row.get(m))}" for m in self.spec.metrics)
         planned = f"/{record.planned_epochs}" if record.planned_epochs else ""
-        self._line(trial, f"epoch {row.get('epoch')}{planned} {objective} [{row.get('status')}]")
-        self._write()
+        self._line(trial, f"epoch {row.get('epoch')}{planned} {objective} [{trial_status(record)}]")
+        self._write(force=record.pruned)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._record(trial).checkpoint = getattr(checkpoint, "path", None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._record(trial)
-        record.finished = True
-        self._line(trial, f"ended: {trial_status(record)} after {len(record.rows)} epoch(s)")
+        self._line(trial, f"ended: {trial_status(record)} after {len(record.rows)} epoch(s)"
+                   + (f": {record.error}" if record.error else ""))
         self._write(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
-        record.finished = True
-        record.error = str(getattr(trial, "error_file", None) or "error")
-        self._line(trial, f"error (retried up to the failure limit): {record.error}")
+        record.error = error_message(trial)
+        self._line(trial, f"error: {record.error}")
         self._write(force=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._line(trial, "lost its worker; retrying from its last checkpoint")
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)[\w]*)(: .*)?$")
+
+
+def error_message(trial) -> str:
+    """`ExceptionType: message` of a failed trial, from Tune's error file (no colour codes, no pid/ip noise)."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        pass
+    text = ANSI_CODES.sub("", text or str(getattr(trial, "error_msg", "") or ""))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line[:300]
+    return (lines[-1] if lines else "unknown error (see the trial's error.txt under tune/)")[:300]
 
 
 def _short(value) -> str:
@@ -204,24 +242,29 @@ def restore_tuner(spec, experiment_path: str) -> tune.Tuner:
     )
 
 
-def records_from_grid(grid, spec) -> list[TrialRecord]:
-    """TrialRecords from a finished (or interrupted) ResultGrid, with each trial's best checkpoint."""
-    analysis = getattr(grid, "_experiment_analysis", None)  # trial states are not public on ResultGrid
-    states = {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
-    records = []
+def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
+    """The study's records after tuner.fit(): each trial's chosen checkpoint from Tune, and every trial that
+    was still running marked interrupted (fit() returns early only when the driver was stopped).
+
+    The records come from the tables (the live log), not from Tune's history: that history of a trial retried
+    on a new node starts at its checkpoint, and a scheduler's decision to prune is not in it.
+    """
+    by_id = {record.trial_id: record for record in records}
     for result in grid:
-        frame = result.metrics_dataframe
-        rows = [] if frame is None else [
-            {k: v for k, v in row.items() if not str(k).startswith("config/")} for row in frame.to_dict("records")]
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        record = by_id.get(trial_id)
+        if record is None:  # never reported (e.g. failed at once): Tune is all we have
+            params = dict(result.config or {})
+            record = by_id[trial_id] = TrialRecord(trial_id, params, planned_epochs=planned_epochs(spec, params))
+        if result.error and not record.error:
+            record.error = ANSI_CODES.sub("", str(result.error)).strip().splitlines()[-1][:300]
         try:
             chosen = result.get_best_checkpoint(spec.metrics[0], spec.modes[0])
         except (RuntimeError, ValueError, KeyError):  # no scored checkpoint (e.g. diverged at once)
             chosen = None
         chosen = chosen or result.checkpoint
-        record = TrialRecord(trial_id, dict(result.config or {}), rows, error=str(result.error) if result.error else None,
-                             checkpoint=chosen.path if chosen else None,
-                             finished=states.get(trial_id, "TERMINATED") in ("TERMINATED", "ERROR"))
-        record.planned_epochs = planned_epochs(spec, record.params)
-        records.append(record)
-    return records
+        if chosen is not None:
+            record.checkpoint = chosen.path
+    for record in by_id.values():
+        record.interrupted = trial_status(record) in (STATUS_RUNNING, STATUS_PENDING)
+    return list(by_id.values())

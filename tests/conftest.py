@@ -7,6 +7,8 @@ import pytest
 
 # Keep TensorFlow quiet and small before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every Ray a test starts (the cluster tests' too) listens on loopback only: set before ray is imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 

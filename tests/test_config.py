@@ -43,7 +43,7 @@ def test_from_dict_round_trip_and_coercion():
     ({"dataset": "cifar"}, "allowed: mnist, mnist-5k, fashion-mnist"),
     ({"latent_dim": 0}, "latent_dim=0 must be in [1, 1024]"),
     ({"latent_dim": 2.5}, "latent_dim=2.5 must be of type int"),
-    ({"grey_weight": -1}, "grey_weight=-1.0 must be >= 0"),
+    ({"grey_weight": -1}, "grey_weight=-1.0 must be in [0, 1e6]"),
     ({"grey_threshold": 0.3}, "grey_threshold=0.3 must be in [0, 0.25)"),
     ({"dropout": 1.0}, "dropout=1.0 must be in [0, 1)"),
     ({"epochs": True}, "epochs=True must be of type int"),

@@ -98,7 +98,7 @@ def test_invalid_yaml(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--space", "BAD"], "multi-objective) cannot be used with scheduler type asha"),
     (["--space", "nope.yaml"], "nope.yaml: no such study file (looked in . and search_spaces/); available:"),
-    (["--space", "smoke.yaml", "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    (["--space", "smoke.yaml", "--num-samples", "0"], "--num-samples must be in [1, 10000], got 0"),
     (["--space", "smoke.yaml", "--storage", "results/x.db"], "must be a database URL such as sqlite:///"),
 ])
 def test_cli_errors_exit_2_before_ray(tmp_path, args, message):

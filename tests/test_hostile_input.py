@@ -1,0 +1,260 @@
+"""Hostile input: every malformed study file and bad flag is one line, exit code 2, no traceback, in seconds."""
+
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import REPO
+
+GOOD = textwrap.dedent("""\
+    name: ok
+    description: a valid study the cases below break one way each
+    base: model_4
+    fixed: {dataset: mnist-5k, max_train_samples: 300}
+    parameters:
+      grey_weight: {distribution: log_uniform, low: 0.01, high: 3.0}
+      latent_dim: {distribution: int, low: 2, high: 64, log: true}
+      condition_mode: {values: [global, per_class]}
+    objective: {metric: fid, mode: min}
+    search: {algorithm: optuna, sampler: tpe, seed: 0, num_samples: 2, max_concurrent: 2}
+    scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+    resources: {cpu: 1, gpu: 0}
+""")
+GRID = textwrap.dedent("""\
+    name: grid
+    base: model_4
+    parameters:
+      preset: {values: [model_1, model_2]}
+    search: {algorithm: grid, repeats: 2, max_concurrent: 2}
+    scheduler: {type: fifo}
+""")
+
+
+def swap(old, new, text=GOOD):
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+
+# name -> (file contents, a word the one-line message must contain)
+STUDY_FILES = {
+    "parameters as a list": (GOOD.replace("\n  grey_weight:", "\n  - grey_weight:").replace(
+        "\n  latent_dim:", "\n  - latent_dim:").replace("\n  condition_mode:", "\n  - condition_mode:"), "parameters"),
+    "metric empty list": (swap("metric: fid,", "metric: [],"), "metric"),
+    "step not a number": (swap("low: 0.01, high: 3.0}", "low: 0.01, high: 3.0, step: x}"), "step"),
+    "binary file": (bytes(range(256)) * 4, "binary"),
+    "duplicate objective": (GOOD + "objective: {metric: loss, mode: min}\n", "duplicate key"),
+    "duplicate nested key": (swap("seed: 0,", "seed: 0, seed: 1,"), "duplicate key"),
+    "log as string": (swap("log: true", "log: 'false'"), "log"),
+    "step zero": (swap("high: 64, log: true}", "high: 64, step: 0}"), "step"),
+    "float step not dividing": (swap("grey_weight: {distribution: log_uniform, low: 0.01, high: 3.0}",
+                                     "grey_weight: {distribution: uniform, low: 0.0, high: 1.0, step: 0.3}"), "step"),
+    "step with log scale": (swap("log: true}", "log: true, step: 2}"), "step"),
+    "description mapping": (swap("description: a valid", "description: {a: valid}\nx_description: a"), "description"),
+    "grid repeats billion": (swap("repeats: 2", "repeats: 1000000000", GRID), "repeats"),
+    "grid too large": (swap("preset: {values: [model_1, model_2]}",
+                            "latent_dim: {values: [" + ", ".join(map(str, range(1, 1001))) + "]}\n"
+                            "  seed: {values: [" + ", ".join(map(str, range(100))) + "]}", GRID), "grid"),
+    "billion laughs": ("name: x\ndescription: *i\n" + LAUGHS, "alias"),
+    "anchor alone": (swap("fixed: {", "fixed: &f {"), "anchor"),
+    "merge key": ("base_fixed: &b {dataset: mnist-5k}\n" + swap("fixed: {dataset: mnist-5k, max_train_samples: 300}",
+                                                                 "fixed: {<<: *b}"), "anchor"),
+    "empty name": (swap("name: ok", "name: ''"), "name"),
+    "dot name": (swap("name: ok", "name: '..'"), "name"),
+    "slash name": (swap("name: ok", "name: a/b"), "name"),
+    "numeric name": (swap("name: ok", "name: 123"), "name"),
+    "long name": (swap("name: ok", "name: " + "a" * 200), "name"),
+    "missing name": (swap("name: ok\n", ""), "name"),
+    "top-level list": ("- name: ok\n", "mapping"),
+    "empty file": ("", "mapping"),
+    "comments only": ("# nothing here\n", "mapping"),
+    "latin-1 bytes": (GOOD.replace("valid", "v\xe9lid").encode("latin-1"), "UTF-8"),
+    "unknown top key": (GOOD + "priority: high\n", "unknown key"),
+    "unknown search key": (swap("sampler: tpe,", "algo: tpe,"), "unknown key"),
+    "objective string": (swap("objective: {metric: fid, mode: min}", "objective: fid"), "objective"),
+    "search list": (swap("search: {algorithm: optuna", "search: [algorithm: optuna").replace(
+        "max_concurrent: 2}", "max_concurrent: 2]", 1), "search"),
+    "num_samples zero": (swap("num_samples: 2", "num_samples: 0"), "num_samples"),
+    "num_samples negative": (swap("num_samples: 2", "num_samples: -5"), "num_samples"),
+    "num_samples huge float": (swap("num_samples: 2", "num_samples: 1e9"), "num_samples"),
+    "num_samples string": (swap("num_samples: 2", "num_samples: '8'"), "num_samples"),
+    "num_samples bool": (swap("num_samples: 2", "num_samples: true"), "num_samples"),
+    "max_concurrent zero": (swap("max_concurrent: 2", "max_concurrent: 0"), "max_concurrent"),
+    "max_concurrent huge": (swap("max_concurrent: 2", "max_concurrent: 100000"), "max_concurrent"),
+    "seed negative": (swap("seed: 0", "seed: -1"), "seed"),
+    "seed fraction": (swap("seed: 0", "seed: 1.5"), "seed"),
+    "scheduler unknown": (swap("type: asha", "type: hyperband"), "hyperband"),
+    "max_epochs zero": (swap("max_epochs: 4", "max_epochs: 0"), "max_epochs"),
+    "max_epochs huge": (swap("max_epochs: 4", "max_epochs: 1000000"), "max_epochs"),
+    "grace_period zero": (swap("grace_period: 1", "grace_period: 0"), "grace_period"),
+    "reduction_factor one": (swap("reduction_factor: 2", "reduction_factor: 1"), "reduction_factor"),
+    "cpu zero": (swap("cpu: 1", "cpu: 0"), "cpu"),
+    "cpu negative": (swap("cpu: 1", "cpu: -1"), "cpu"),
+    "cpu nan": (swap("cpu: 1", "cpu: .nan"), "cpu"),
+    "gpu string": (swap("gpu: 0", "gpu: a"), "gpu"),
+    "distribution missing": (swap("distribution: log_uniform, ", ""), "distribution"),
+    "low missing": (swap("low: 0.01, ", ""), "low"),
+    "low above high": (swap("low: 0.01, high: 3.0", "low: 3.0, high: 0.01"), "low"),
+    "infinite bound": (swap("high: 3.0}", "high: .inf}"), "high"),
+    "log_uniform from zero": (swap("low: 0.01", "low: 0.0"), "log"),
+    "int with fractional bound": (swap("low: 2, high: 64", "low: 2.5, high: 64"), "int"),
+    "values empty": (swap("values: [global, per_class]", "values: []"), "values"),
+    "values scalar": (swap("values: [global, per_class]", "values: global"), "values"),
+    "values nested": (swap("values: [global, per_class]", "values: [[global], per_class]"), "values"),
+    "values repeated": (swap("values: [global, per_class]", "values: [global, global]"), "distinct"),
+    "values booleans": (swap("condition_mode: {values: [global, per_class]}", "dropout: {values: [true, false]}"),
+                        "values"),
+    "value not allowed": (swap("values: [global, per_class]", "values: [global, both]"), "condition_mode"),
+    "values with bounds": (swap("values: [global, per_class]", "values: [global, per_class], low: 0"), "values"),
+    "preset in optuna study": (GOOD.replace("parameters:\n", "parameters:\n  preset: {values: [model_1]}\n"), "preset"),
+    "distribution in grid": (swap("preset: {values: [model_1, model_2]}",
+                                  "grey_weight: {distribution: uniform, low: 0, high: 1}", GRID), "grid"),
+    "multi-objective with asha": (swap("metric: fid, mode: min", "metric: [fid, grey_fraction], mode: [min, min]"),
+                                  "asha"),
+    "metric unknown": (swap("metric: fid", "metric: fidd"), "fidd"),
+    "mode unknown": (swap("mode: min}", "mode: minimize}"), "mode"),
+    "mode count mismatch": (swap("metric: fid, mode: min}\n", "metric: [fid, loss], mode: [min]}\n").replace(
+        "type: asha", "type: fifo"), "mode"),
+    "fixed epochs zero": (swap("max_train_samples: 300}", "max_train_samples: 300, epochs: 0}"), "epochs"),
+    "fixed epochs astronomic": (swap("max_train_samples: 300}", "max_train_samples: 300, epochs: 1e12}"), "epochs"),
+    "fixed eval samples huge": (swap("max_train_samples: 300}", "max_train_samples: 300, eval_samples: 100000000}"),
+                                "eval_samples"),
+    "fixed bool for float": (swap("max_train_samples: 300}", "max_train_samples: 300, grey_weight: true}"),
+                             "grey_weight"),
+    "fixed unknown field": (swap("max_train_samples: 300}", "max_train_samples: 300, lr: 0.1}"), "lr"),
+    "fixed list": (swap("fixed: {dataset: mnist-5k, max_train_samples: 300}", "fixed: [dataset]"), "fixed"),
+    "deep nesting": ("name: x\ndescription: " + "[" * 20000 + "]" * 20000 + "\n", "nested"),
+    "huge file": ("name: x\n" + "# padding\n" * 40000, "large"),
+    "tab indentation": (swap("  grey_weight:", "\tgrey_weight:"), "YAML"),
+    "complex key": (GOOD + "? [a, b]\n: 1\n", "key"),
+    "parameter not a field": (swap("grey_weight: {", "grey_wieght: {"), "grey_wieght"),
+    "base unknown": (swap("base: model_4", "base: model_6"), "model_6"),
+    "sampler list": (swap("sampler: tpe", "sampler: [tpe]"), "sampler"),
+}
+
+
+def run_cli(args, cwd=REPO):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    return result, time.monotonic() - started
+
+
+def assert_refused(result, seconds, word):
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output[-2000:]
+    assert "Traceback" not in output and len(output.splitlines()) == 1, output[-2000:]
+    assert word.lower() in output.lower(), output
+    assert seconds < 30
+
+
+def run_all(cases):
+    with ThreadPoolExecutor(max_workers=3) as pool:  # subprocesses: mostly waiting on imports
+        return dict(zip(cases, pool.map(lambda args: run_cli(args), cases.values())))
+
+
+@pytest.fixture(scope="module")
+def study_file_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-files")
+    cases = {}
+    for index, (name, (contents, _)) in enumerate(STUDY_FILES.items()):
+        path = folder / f"case{index}.yaml"
+        path.write_bytes(contents if isinstance(contents, bytes) else contents.encode())
+        cases[name] = ["study/run.py", "--space", path, "--results-dir", folder / "results"]
+    return run_all(cases)
+
+
+def test_there_are_at_least_60_malformed_study_files():
+    assert len(STUDY_FILES) >= 60
+
+
+@pytest.mark.parametrize("name", list(STUDY_FILES))
+def test_malformed_study_file_is_refused_in_one_line(study_file_results, name):
+    result, seconds = study_file_results[name]
+    assert_refused(result, seconds, STUDY_FILES[name][1])
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-flags")
+    (folder / "a_file").write_text("not a folder")
+    (folder / "empty").mkdir()
+    (folder / "not_png").mkdir()
+    return folder
+
+
+def flag_cases(places):
+    run = ["study/run.py", "--space", "smoke.yaml", "--results-dir", places / "results"]
+    sample = ["-m", "cvae.sample", places / "empty"]
+    return {
+        "empty name": ([*run, "--name", ""], "name"),
+        "dot-dot name": ([*run, "--name", ".."], "name"),
+        "separator in name": ([*run, "--name", "a/b"], "name"),
+        "num-samples not a number": ([*run, "--num-samples", "x"], "num-samples"),
+        "num-samples zero": ([*run, "--num-samples", "0"], "num-samples"),
+        "num-samples huge": ([*run, "--num-samples", "100000000"], "num-samples"),
+        "max-epochs zero": ([*run, "--max-epochs", "0"], "max-epochs"),
+        "max-epochs negative": ([*run, "--max-epochs", "-3"], "max-epochs"),
+        "max-concurrent zero": ([*run, "--max-concurrent", "0"], "max-concurrent"),
+        "max-train-samples negative": ([*run, "--max-train-samples", "-1"], "max-train-samples"),
+        "cpus zero": ([*run, "--cpus-per-trial", "0"], "cpu"),
+        "cpus nan": ([*run, "--cpus-per-trial", "nan"], "cpu"),
+        "gpus negative": ([*run, "--gpus-per-trial", "-1"], "gpu"),
+        "dataset unknown": ([*run, "--dataset", "cifar"], "dataset"),
+        "address not an address": ([*run, "--address", "notanaddress"], "address"),
+        "address nobody listens": ([*run, "--address", "127.0.0.1:1"], "no Ray head"),
+        "address port out of range": ([*run, "--address", "127.0.0.1:99999"], "address"),
+        "results-dir is a file": (["study/run.py", "--space", "smoke.yaml", "--results-dir", places / "a_file"],
+                                  "is a file"),
+        "results-dir under /proc": (["study/run.py", "--space", "smoke.yaml", "--results-dir", "/proc/cvae-nope"],
+                                    "results-dir"),
+        "storage not a URL": ([*run, "--storage", "results/x.db"], "database URL"),
+        "storage-path is a file": ([*run, "--storage-path", places / "a_file"], "is a file"),
+        "space missing": (["study/run.py", "--space", "nope.yaml"], "no such study file"),
+        "space is a folder": (["study/run.py", "--space", places / "empty"], "no such study file"),
+        "no space": (["study/run.py"], "--space"),
+        "unknown flag": ([*run, "--epochz", "3"], "unrecognized"),
+        "data-path empty folder": ([*run, "--data-path", places / "empty", "--dataset", "mnist"], "lacks"),
+        "data-path missing": ([*run, "--data-path", places / "missing.npz", "--dataset", "mnist"], "data_path"),
+        "resume without a study": ([*run, "--resume"], "no study to continue"),
+        "sample out not png": ([*sample, "--out", places / "x.txt"], ".png"),
+        "sample out is a folder": ([*sample, "--out", places / "not_png" / ".."], ".png"),
+        "sample scale huge": ([*sample, "--scale", "1000"], "scale"),
+        "sample samples huge": ([*sample, "--samples", "200000"], "samples"),
+        "sample digit 11": ([*sample, "--digits", "11"], "digit"),
+        "sample thickness 2": ([*sample, "--thickness", "2"], "thickness"),
+        "sample seed negative": ([*sample, "--seed", "-1"], "seed"),
+        "sample no checkpoint": ([*sample, "--out", places / "x.png"], "checkpoint"),
+        "study sample no study": (["study/sample.py", places / "empty"], "not a study results folder"),
+        "study sample bad option": (["study/sample.py", places / "empty", "--scale", "0"], "scale"),
+        "best no study": (["study/best.py", places / "missing"], "not a study results folder"),
+        "best on a file": (["study/best.py", places / "a_file"], "not a study results folder"),
+        "report dpi zero": (["study/report.py", places / "empty", "--dpi", "0"], "dpi"),
+        "report no study": (["study/report.py", places / "missing"], "not a study results folder"),
+        "train epochs zero": (["-m", "cvae.train", "--epochs", "0", "--out", places / "run"], "epochs"),
+        "train set without value": (["-m", "cvae.train", "--set", "latent_dim", "--out", places / "run"], "KEY=VALUE"),
+        "train set unknown key": (["-m", "cvae.train", "--set", "nope=1", "--out", places / "run"], "nope"),
+        "train unknown preset": (["-m", "cvae.train", "--preset", "model_9", "--out", places / "run"], "preset"),
+    }
+
+
+@pytest.fixture(scope="module")
+def flag_results(places):
+    cases = flag_cases(places)
+    return run_all({name: args for name, (args, _) in cases.items()})
+
+
+def test_there_are_at_least_30_bad_flags(places):
+    assert len(flag_cases(places)) >= 30
+
+
+@pytest.mark.parametrize("name", list(flag_cases(REPO)))
+def test_bad_flag_is_refused_in_one_line(flag_results, places, name):
+    result, seconds = flag_results[name]
+    assert_refused(result, seconds, flag_cases(places)[name][1])
