@@ -33,7 +33,7 @@ class Dataset:
 
     images: np.ndarray
     labels: np.ndarray
-    source: str  # e.g. "keras-cache:/root/.keras/datasets/mnist.npz" or "embedded-mnist-5k"
+    source: str  # e.g. "keras-cache:mnist.npz", "user:my_digits" or "embedded-mnist-5k"
     name: str
 
 
@@ -232,13 +232,14 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
         raise DatasetError(f"unknown dataset {name!r}; allowed: mnist, mnist-5k, fashion-mnist")
     if data_path:
         images, labels = read_user_path(data_path)
-        return Dataset(images, labels.astype(np.int64), f"user:{data_path}", name)
+        # the folder's name only: results tables must not hold this machine's paths
+        return Dataset(images, labels.astype(np.int64), f"user:{Path(data_path).name}", name)
 
     tried = []
     cache_file = keras_cache_dir() / ("mnist.npz" if name == "mnist" else "fashion-mnist")
     try:
         images, labels = read_npz(cache_file) if name == "mnist" else read_idx_folder(cache_file)
-        return Dataset(images, labels.astype(np.int64), f"keras-cache:{cache_file}", name)
+        return Dataset(images, labels.astype(np.int64), f"keras-cache:{cache_file.name}", name)
     except (OSError, DatasetError, ValueError) as error:
         tried.append(f"keras cache {cache_file} ({type(error).__name__})")
     if name == "fashion-mnist":

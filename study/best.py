@@ -18,12 +18,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         trials, _, spec = load_results(args.results)
+        note = incomplete_note(trials, spec)
+        if note:
+            print(note, flush=True)  # the first line, whatever follows
         best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
     except ValueError as error:
         fail(str(error))
-    note = incomplete_note(trials, spec)
-    if note:
-        print(note)
     print(f"study {spec['name']}: {len(trials)} trial(s); objective "
           + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
     print(f"best trial: {best['trial_id']} (status {best['status']}, best epoch {best['best_epoch']:.0f} "

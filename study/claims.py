@@ -11,6 +11,7 @@ from scipy import stats
 
 from cvae.metrics import METRICS
 from study.plots import MODEL, with_models
+from study.results import FINISHED, STATUS_COMPLETED
 
 CLAIMS = {
     "a": "the thickness condition is respected",
@@ -101,7 +102,7 @@ def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
 def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
     """Verdicts from a study whose trials are labelled model_1..model_5 (any subset; missing pairs -> not tested)."""
     trials = with_models(trials)
-    trials = trials[trials["status"] == "completed"]
+    trials = trials[trials["status"] == STATUS_COMPLETED]
     present = set(trials[MODEL])
     verdicts = [_thickness_respected(trials, details, sorted(present))]
 
@@ -166,12 +167,12 @@ def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
 
 def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
     """Verdicts from a searched study over grey_weight / warmup_epochs / condition_mode (whatever it varied)."""
-    finished = trials[trials["status"].isin(("completed", "pruned"))].copy()
+    finished = trials[trials["status"].isin(FINISHED)].copy()
     # A blank image has no grey pixels and no measurable thickness: collapsed trials would count as "sharp" in (c)
     # and as ignoring the condition in (a), so (a), (c) and (d) look only at trials that still draw digits.
     drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
     excluded = f"; {len(finished) - len(drawing)} collapsed trial(s) left out" if len(drawing) < len(finished) else ""
-    completed = drawing[drawing["status"] == "completed"]
+    completed = drawing[drawing["status"] == STATUS_COMPLETED]
     verdicts = []
     if len(completed):
         corr = completed["thickness_corr"].astype(float)

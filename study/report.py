@@ -12,7 +12,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import FINISHED, best_trial, incomplete_note, load_results, read_table  # noqa: E402
+from study.results import (FINISHED, STATUS_COMPLETED, best_trial, incomplete_note, load_results,  # noqa: E402
+                           read_table)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -217,7 +218,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              f"- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
     if is_grid(spec):
-        table = model_table(finished[finished["status"] == "completed"])
+        table = model_table(finished[finished["status"] == STATUS_COMPLETED])
         lines += ["## Models: last-epoch metrics, mean ± std over seeds", "",
                   "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
                   "the reference column was reported on 60k MNIST, so only the ordering is comparable.", "",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,7 +63,8 @@ def parse_args(argv):
 
 MAX_FLAG = {"num_samples": 10_000, "max_epochs": 10_000, "max_concurrent": 1_024, "max_train_samples": 10_000_000}
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
-CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
+CONNECT_TIMEOUT_S = 5.0
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")  # an --address that does not answer within this is refused before ray.init waits on it
 
 
 def prepare(args):
@@ -99,9 +102,11 @@ def prepare(args):
     if args.address:
         check_address(args.address)
     results_dir = writable_folder(Path(args.results_dir), "--results-dir") / spec.name
-    storage_path = args.storage_path or str(results_dir / "tune")
-    if "://" not in storage_path:
-        storage_path = str(writable_folder(Path(storage_path), "--storage-path"))
+    storage_path = str(results_dir / "tune")
+    if args.storage_path:
+        storage_path = args.storage_path
+        if "://" not in storage_path:
+            storage_path = str(writable_folder(Path(storage_path), "--storage-path"))
     experiment = f"{storage_path.rstrip('/')}/{spec.name}"
     return spec, results_dir, storage_path, experiment
 
@@ -163,12 +168,19 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
-def keep_loopback(address: str | None) -> None:
-    """Must run before ray is imported. Ray binds every server to all interfaces and advertises the machine's
-    routable IP unless this flag is off; with it off a local Ray (and a cluster joined on 127.0.0.1) listens on
-    loopback only. A real multi-machine cluster keeps Ray's default."""
+def set_ray_environment(address: str | None) -> None:
+    """Environment Ray reads once, so this runs before ray is imported.
+
+    Loopback: Ray binds every server to all interfaces and advertises the machine's routable IP unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is off; with it off a local Ray (and a cluster joined on 127.0.0.1) listens
+    on loopback only. A real multi-machine cluster keeps Ray's default.
+    """
     if not address or _is_loopback(address):
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if address and not os.environ.get("RAY_AUTH_MODE") and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        # A token given for a cluster is only sent in token mode: giving one is asking for it.
+        os.environ["RAY_AUTH_MODE"] = "token"
     # Tune snapshots the experiment at most every 10 s by default: a driver killed in between lost trials that
     # had started and checkpoints they had written. A snapshot per controller step costs milliseconds here.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -189,6 +201,35 @@ def check_download(spec) -> dict:
     return {OFFLINE_ENV: "1"} if "fallback" in source else {}
 
 
+PROBE = ("import sys, ray\n"
+         "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2] or None, logging_level='ERROR', "
+         "log_to_driver=False)\nray.shutdown()\n")
+PROBE_TIMEOUT_S = 60
+
+
+def probe_cluster(address: str) -> None:
+    """Join the cluster once from a child process, or exit 2 with the reason in one line.
+
+    Ray's C++ client prints a warning for every failed retry (a missing token is a dozen lines over 20 s) and
+    then raises a generic ConnectionError; the child's output names the real cause, and keeps the driver's
+    console clean.
+    """
+    loopback = "127.0.0.1" if _is_loopback(address) else ""
+    try:
+        result = subprocess.run([sys.executable, "-c", PROBE, address, loopback], capture_output=True, text=True,
+                                timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        fail(f"--address {address}: the Ray cluster did not accept a connection within {PROBE_TIMEOUT_S} s")
+    if result.returncode == 0:
+        return
+    output = result.stdout + result.stderr
+    if "InvalidAuthToken" in output or "Unauthenticated" in output or "no authentication token" in output:
+        fail(f"--address {address}: the cluster requires its authentication token; set RAY_AUTH_TOKEN (or "
+             "RAY_AUTH_TOKEN_PATH, a file holding it) to the head node's token (`ray get-auth-token` there)")
+    lines = [line for line in output.splitlines() if EXCEPTION_LINE.match(line.strip())]
+    fail(f"--address {address}: cannot join the Ray cluster ({(lines or ['no reason given'])[-1].strip()[:200]})")
+
+
 def start_ray(address: str | None, spec, extra_env: dict) -> None:
     import ray
 
@@ -196,16 +237,9 @@ def start_ray(address: str | None, spec, extra_env: dict) -> None:
     worker_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra_env}
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
-        try:
-            ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
-                                                   "env_vars": worker_env},
-                     _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
-        except Exception as error:  # noqa: BLE001 (ray raises many kinds; the user needs one line)
-            text = f"{type(error).__name__}: {error}"
-            if "auth" in text.lower() or "token" in text.lower():
-                fail(f"--address {address}: the cluster requires its authentication token; set RAY_AUTH_TOKEN "
-                     "(or RAY_AUTH_TOKEN_PATH) to the head node's token (`ray get-auth-token` there)")
-            fail(f"--address {address}: cannot join the Ray cluster ({text.splitlines()[0][:200]})")
+        ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
+                                               "env_vars": worker_env},
+                 _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -274,7 +308,9 @@ def main(argv=None) -> int:
 
 
 def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str) -> int:
-    keep_loopback(args.address)
+    set_ray_environment(args.address)
+    if args.address:
+        probe_cluster(args.address)
 
     from study.results import STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
     from study.tuner import build_tuner, finish_records, restore_tuner

@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     parse_sample_args(["CHECKPOINT", *passed_on])  # every option checked before any table or model is read
     try:
         trials, _, spec = load_results(args.results)
+        note = incomplete_note(trials, spec)
+        if note:
+            print(note, flush=True)  # the first line, whatever follows
         if args.trial:
             chosen = trials[trials["trial_id"].astype(str) == args.trial]
             if chosen.empty:
@@ -36,9 +39,6 @@ def main(argv=None) -> int:
             raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
     except ValueError as error:
         fail(str(error))
-    note = incomplete_note(trials, spec)
-    if note:
-        print(note)
     print(f"trial {row['trial_id']}: {row['checkpoint']}")
     return sample_main([row["checkpoint"], *passed_on])
 

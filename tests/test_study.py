@@ -1,6 +1,7 @@
 """The Ray study end to end: smoke study, NaN trial, driver killed + --resume, two-node cluster with a lost node."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,11 +31,36 @@ def write_space(tmp_path, name, body):
     return path
 
 
+def listening_addresses(pid: int) -> set[str]:
+    """IP addresses on which the process `pid` and everything it started listen (TCP)."""
+    import psutil
+
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for process in processes:
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
 def test_smoke_study_end_to_end(tmp_path):
     database = f"sqlite:///{tmp_path}/optuna.db"
-    result = study_cli("--space", "smoke.yaml", "--storage", database, results=tmp_path)
+    driver = subprocess.Popen([sys.executable, "study/run.py", "--space", "smoke.yaml", "--storage", database,
+                               "--results-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    addresses = set()
+    while driver.poll() is None:  # Ray's servers and the trials' workers, sampled while the study runs
+        addresses |= listening_addresses(driver.pid)
+        time.sleep(0.5)
+    stdout, stderr = driver.communicate()
+    result = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "best trial" in result.stdout and "python study/sample.py" in result.stdout
+    assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in addresses), addresses
     trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
     epochs = pd.read_csv(tmp_path / "smoke" / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
@@ -96,37 +122,81 @@ def _read(path):
         return None
 
 
-def test_resume_after_driver_killed(tmp_path):
+EPOCH_LINE = re.compile(r"\] (\w+) epoch (\d+)/")
+
+
+def _start(space, tmp_path, log_name, *extra):
+    log = open(tmp_path / log_name, "w")
+    return subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(tmp_path),
+                             *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _printed_epochs(path):
+    return {(trial, int(epoch)) for trial, epoch in EPOCH_LINE.findall(path.read_text())}
+
+
+def test_interrupt_and_kill_then_resume(tmp_path):
+    """Ctrl-C, then SIGKILL of driver and Ray, then --resume: nothing pruned under FIFO, every printed epoch kept
+    exactly once, no new trial ids, running trials continued from their checkpoints, no orphan trial folders."""
     space = write_space(tmp_path, "resumable", f"""
         name: resumable
         base: model_4
-        fixed: {TINY}
+        fixed: {{dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}}
         parameters:
           grey_weight: {{distribution: log_uniform, low: 0.05, high: 1.0}}
-        search: {{algorithm: optuna, sampler: random, seed: 1, num_samples: 3, max_concurrent: 1}}
-        scheduler: {{type: fifo, max_epochs: 2}}
+        search: {{algorithm: optuna, sampler: random, seed: 1, num_samples: 3, max_concurrent: 2}}
+        scheduler: {{type: fifo, max_epochs: 5}}
     """)
-    log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(tmp_path)],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    trials_csv = tmp_path / "resumable" / "trials.csv"
+    folder = tmp_path / "resumable"
+
+    def epochs_at_least(log, count):
+        def check():
+            assert driver.poll() is None, (tmp_path / log).read_text()[-4000:]
+            return True if len(_printed_epochs(tmp_path / log)) >= count else None
+        return check
+
+    driver = _start(space, tmp_path, "first.log")
     try:
-        def one_done():
-            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-            trials = _read(trials_csv)
-            return trials if trials is not None and (trials["status"] == "completed").sum() >= 1 else None
-        finished_before = _wait_for(one_done, 400, "a finished trial")
+        _wait_for(epochs_at_least("first.log", 3), 300, "three epochs")
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+        assert driver.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-4000:]
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and every process it started
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    trials = pd.read_csv(folder / "trials.csv")
+    assert "pruned" not in set(trials["status"]) and "interrupted" in set(trials["status"]), trials
+    assert "incomplete: " in (tmp_path / "first.log").read_text()
+    best = subprocess.run([sys.executable, "study/best.py", folder], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert best.stdout.startswith("incomplete: ") and best.returncode == 2, best  # no trial finished yet
+
+    driver = _start(space, tmp_path, "second.log", "--resume")
+    try:
+        _wait_for(epochs_at_least("second.log", 3), 300, "three more epochs")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-epoch
         driver.wait()
-    done_ids = set(finished_before.loc[finished_before["status"] == "completed", "trial_id"])
+    before_kill = pd.read_csv(folder / "epochs.csv")
+    ids_before = set(pd.read_csv(folder / "trials.csv")["trial_id"])
+
     result = study_cli("--space", space, "--resume", results=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    trials = pd.read_csv(trials_csv)
+    trials = pd.read_csv(folder / "trials.csv")
+    epochs = pd.read_csv(folder / "epochs.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status"]]
-    assert done_ids <= set(trials["trial_id"])  # nothing finished was lost or rerun under a new id
-    epochs = pd.read_csv(tmp_path / "resumable" / "epochs.csv")
-    assert (epochs.groupby("trial_id")["epoch"].max() == 2).all()
+    assert ids_before <= set(trials["trial_id"])  # nothing re-created under a new id
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (epochs.groupby("trial_id")["epoch"].apply(sorted) == pd.Series([[1, 2, 3, 4, 5]] * 3,
+                                                                            index=sorted(trials["trial_id"]))).all()
+    printed = _printed_epochs(tmp_path / "first.log") | _printed_epochs(tmp_path / "second.log")
+    assert printed <= set(zip(epochs["trial_id"], epochs["epoch"]))  # every epoch a user saw is in the table
+    # continued from checkpoints: an epoch older than a trial's newest one before the kill was not run again
+    for trial_id, group in before_kill.groupby("trial_id"):
+        older = group[group["epoch"] < group["epoch"].max()].set_index("epoch")["timestamp"]
+        after = epochs[epochs["trial_id"] == trial_id].set_index("epoch")["timestamp"]
+        assert (after.reindex(older.index) == older).all(), (trial_id, older, after)
+    trial_folders = {path.name.split("_")[2] for path in (folder / "tune" / "resumable").glob("run_trial_*")}
+    assert trial_folders == set(trials["trial_id"])  # no orphan checkpoint folders
 
 
 def test_asha_prunes_trials_and_the_study_finishes(tmp_path):
@@ -215,3 +285,160 @@ def test_more_cpus_per_trial_than_the_machine_has_is_an_error(tmp_path):
     result = study_cli("--space", "smoke.yaml", "--cpus-per-trial", "64", results=tmp_path, timeout=180)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "a trial asks for 64 CPUs but the cluster has" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_driver_on_the_same_study_is_refused(tmp_path):
+    space = write_space(tmp_path, "twice", f"""
+        name: twice
+        base: model_4
+        fixed: {TINY}
+        parameters:
+          grey_weight: {{values: [0.1]}}
+        search: {{algorithm: grid, repeats: 1, max_concurrent: 1}}
+        scheduler: {{type: fifo, max_epochs: 1}}
+    """)
+    first = _start(space, tmp_path, "first.log")
+    try:
+        _wait_for(lambda: True if (tmp_path / "twice" / "study.json").exists() else None, 120, "the first driver")
+        for extra in ([], ["--resume"]):
+            second = study_cli("--space", space, *extra, results=tmp_path, timeout=60)
+            assert second.returncode == 2, second.stdout + second.stderr
+            assert f"in use by a running driver (pid {first.pid} on" in second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1 and not second.stdout
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-4000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    trials = pd.read_csv(tmp_path / "twice" / "trials.csv")
+    assert list(trials["status"]) == ["completed"]
+
+
+def test_lock_of_a_killed_driver_is_taken_over(tmp_path):
+    from study.lock import StudyLock, StudyLocked
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from study.lock import StudyLock; "
+                               f"StudyLock({str(tmp_path / 'lock')!r}).acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StudyLocked, match=f"pid {holder.pid} on "):
+            StudyLock(tmp_path / "lock").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with StudyLock(tmp_path / "lock") as lock:  # the dead holder's lock is free again
+        assert lock.holder()["pid"] == os.getpid()
+
+
+def write_idx(folder, images, labels):
+    """The four MNIST IDX files (uncompressed) holding `images` as train and none as t10k."""
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, (x, y) in (("train", (images, labels)), ("t10k", (images[:0], labels[:0]))):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + struct.pack(">III", len(x), 28, 28) + x.astype(np.uint8).tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + struct.pack(">I", len(y)) + y.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def embedded_digits():
+    from cvae.data import read_embedded
+
+    return read_embedded()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "lacks train-images-idx3-ubyte"),
+    ("mismatched", "holds (5000, 28, 28) but train-labels-idx1-ubyte holds (4000,) labels"),
+    ("truncated", "does not match its IDX header"),
+    ("one class", "no images of class(es) [1, 2, 3, 4, 5, 6, 7, 8, 9]"),
+])
+def test_bad_data_is_refused_before_ray_starts(tmp_path, embedded_digits, case, message):
+    images, labels = embedded_digits
+    folder = tmp_path / "data"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "mismatched":
+        write_idx(folder, images, labels[:4000])
+    elif case == "truncated":
+        write_idx(folder, images, labels)
+        path = folder / "train-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        write_idx(folder, images[labels == 0], labels[labels == 0])
+    started = time.monotonic()
+    # relative to where the command runs, as a user types it
+    result = subprocess.run([sys.executable, str(REPO / "study/run.py"), "--space", "smoke.yaml", "--dataset", "mnist",
+                             "--data-path", "data", "--results-dir", "results"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "results" / "smoke" / "tune").exists()
+
+
+def test_relative_data_path_reaches_the_trials(tmp_path, embedded_digits):
+    write_idx(tmp_path / "digits", *embedded_digits)  # the embedded digits, so the cached classifier serves
+    result = subprocess.run([sys.executable, str(REPO / "study/run.py"), "--space", "smoke.yaml", "--dataset", "mnist",
+                             "--data-path", "digits", "--num-samples", "1", "--results-dir", "results"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "results" / "smoke" / "trials.csv")
+    assert list(trials["status"]) == ["completed"] and trials["dataset_source"][0] == "user:digits"
+
+
+def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_path):
+    (tmp_path / "cache").write_text("a file where the classifier cache folder should be")
+    environment = {**os.environ, "CVAE_CACHE_DIR": str(tmp_path / "cache")}
+    result = study_cli("--space", "smoke.yaml", "--num-samples", "1", results=tmp_path, env=environment, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 trial(s) failed with an error" in result.stderr
+    assert "retrying" not in result.stdout
+    trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
+    assert list(trials["status"]) == ["error"]
+    assert trials["error"][0].startswith("FileExistsError: ") and "\x1b" not in trials["error"][0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cluster_with_token_auth_needs_the_token(tmp_path):
+    """A head started with token authentication: without the token the driver says so in one line; with
+    RAY_AUTH_TOKEN it runs the study."""
+    import secrets
+    import socket
+
+    port, token = _free_port(), secrets.token_hex(32)
+    user_home = tmp_path / "user-home"
+    user_home.mkdir()
+    head = subprocess.Popen(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def answers():
+            assert head.poll() is None, "ray start --head failed"
+            with socket.socket() as client:
+                return True if client.connect_ex(("127.0.0.1", port)) == 0 else None
+        _wait_for(answers, 120, "the head node")
+        user = {**os.environ, "HOME": str(user_home)}  # a user with no token of their own
+        started = time.monotonic()
+        refused = study_cli("--space", "smoke.yaml", "--address", f"127.0.0.1:{port}", results=tmp_path,
+                            env=user, timeout=120)
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert "requires its authentication token; set RAY_AUTH_TOKEN" in refused.stderr
+        assert len((refused.stdout + refused.stderr).strip().splitlines()) == 1 and time.monotonic() - started < 30
+        joined = study_cli("--space", "smoke.yaml", "--num-samples", "1", "--address", f"127.0.0.1:{port}",
+                           results=tmp_path, env={**user, "RAY_AUTH_TOKEN": token},
+                           timeout=400)
+        assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
+        assert list(pd.read_csv(tmp_path / "smoke" / "trials.csv")["status"]) == ["completed"]
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every Ray process it started (its own session)
+        head.wait()

@@ -1,0 +1,115 @@
+"""The results tables: statuses, the append-only epoch log, the best trial, and refusing damaged tables."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.results import (EPOCHS_FILE, SPEC_FILE, TRIALS_FILE, EpochLog, TrialRecord, best_trial, epoch_row,
+                           incomplete_note, load_records, load_results, trial_status, write_tables)
+from tests.conftest import REPO
+
+SPEC = {"name": "tables", "path": "search_spaces/tables.yaml", "metrics": ["fid"], "modes": ["min"],
+        "algorithm": "optuna", "num_samples": 4, "parameters": []}
+
+
+def rows(*fids, last="running"):
+    return [{"epoch": i + 1, "fid": fid, "status": last if i == len(fids) - 1 else "running"}
+            for i, fid in enumerate(fids)]
+
+
+def records():
+    return [TrialRecord("done", {"grey_weight": 0.1}, rows(50.0, 40.0, last="completed"), checkpoint="c1"),
+            TrialRecord("cut", {"grey_weight": 0.2}, rows(30.0), pruned=True, checkpoint="c2"),
+            TrialRecord("stopped", {"grey_weight": 0.3}, rows(20.0), interrupted=True),
+            TrialRecord("broken", {"grey_weight": 0.4}, error="ValueError: bad")]
+
+
+def test_statuses_come_from_what_happened_not_from_guesses():
+    assert [trial_status(r) for r in records()] == ["completed", "pruned", "interrupted", "error"]
+    assert trial_status(TrialRecord("new", {})) == "pending"
+    assert trial_status(TrialRecord("busy", {}, rows(1.0))) == "running"
+    assert trial_status(TrialRecord("nan", {}, rows(1.0, last="diverged"), pruned=True)) == "diverged"
+
+
+def write_study(folder, trial_records=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC_FILE).write_text(json.dumps(SPEC))
+    write_tables(folder, trial_records or records(), ("fid",), ("min",))
+    return folder
+
+
+def test_best_trial_is_completed_even_when_an_unfinished_or_pruned_one_looks_better(tmp_path):
+    trials, _, spec = load_results(write_study(tmp_path / "s"))
+    best = best_trial(trials, ("fid",), ("min",))
+    assert best["trial_id"] == "done" and best["best_fid"] == 40.0
+    only_pruned = trials[trials["trial_id"] != "done"]
+    assert best_trial(only_pruned, ("fid",), ("min",))["trial_id"] == "cut"  # no completed: pruned ones count
+    with pytest.raises(ValueError, match="no completed or pruned trial"):
+        best_trial(trials[trials["trial_id"].isin(["stopped", "broken"])], ("fid",), ("min",))
+
+
+def test_incomplete_note_counts_every_planned_trial(tmp_path):
+    trials, _, spec = load_results(write_study(tmp_path / "s"))
+    # 3 ended (completed, pruned, error) of 4 planned
+    assert incomplete_note(trials, spec) == ("incomplete: 1 of 4 trials unfinished — resume with python study/run.py "
+                                             "--space tables.yaml --name tables --resume")
+    assert incomplete_note(trials[trials["trial_id"] != "stopped"], {**spec, "num_samples": 3}) is None
+
+
+def test_epoch_log_appends_whole_lines_and_widens_once(tmp_path):
+    path = tmp_path / EPOCHS_FILE
+    log = EpochLog(path)
+    record = TrialRecord("a", {"latent_dim": 8})
+    log.append(epoch_row(record, {"epoch": 1, "fid": 10.0}))
+    log.append(epoch_row(record, {"epoch": 2, "fid": 9.0}))
+    log.append(epoch_row(record, {"epoch": 3, "fid": 8.0, "extra": "x"}))  # a new column: rewritten once
+    EpochLog(path).append(epoch_row(record, {"epoch": 2, "fid": 7.0}))  # a resumed driver re-runs epoch 2
+    frame = pd.read_csv(path)
+    assert list(frame["epoch"]) == [1, 2, 3, 2] and list(frame.columns[:3]) == ["trial_id", "param_latent_dim", "epoch"]
+    assert path.read_bytes().endswith(b"\n") and b"\r" not in path.read_bytes()
+    (tmp_path / TRIALS_FILE).write_text("trial_id,param_latent_dim,status,epochs_run,epochs_planned,checkpoint\n"
+                                        "a,8,running,3,5,\n")
+    [loaded] = load_records(tmp_path)
+    assert [(r["epoch"], r["fid"]) for r in loaded.rows] == [(1, 10.0), (2, 7.0), (3, 8.0)]  # the last report wins
+
+
+def damage(folder, how):
+    trials = folder / TRIALS_FILE
+    text = trials.read_text()
+    if how == "cut mid-row":
+        trials.write_text(text[: len(text) // 2])
+    elif how == "rows lost":
+        trials.write_text("\n".join(text.splitlines()[:2]) + "\n")
+    elif how == "status edited":
+        trials.write_text(text.replace("completed", "complet"))
+    elif how == "epochs disagree":
+        frame = pd.read_csv(trials)
+        frame.loc[frame["trial_id"] == "done", "epochs_run"] = 7
+        frame.to_csv(trials, index=False)
+    elif how == "header only":
+        trials.write_text(text.splitlines()[0] + "\n")
+    elif how == "binary":
+        trials.write_bytes(bytes(range(256)) * 8)
+
+
+@pytest.mark.parametrize("how", ["cut mid-row", "rows lost", "status edited", "epochs disagree", "header only",
+                                 "binary"])
+def test_damaged_tables_are_refused(tmp_path, how):
+    folder = write_study(tmp_path / "s")
+    damage(folder, how)
+    with pytest.raises(ValueError):
+        load_results(folder)
+    for cli in ("study/report.py", "study/best.py"):
+        result = subprocess.run([sys.executable, cli, str(folder), "--no-details"][: 4 if "report" in cli else 3],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+
+
+def test_intact_tables_load(tmp_path):
+    trials, epochs, _ = load_results(write_study(tmp_path / "s"))
+    assert len(trials) == 4 and len(epochs) == 4 and np.isnan(trials.set_index("trial_id").loc["broken", "fid"])
