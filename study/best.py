@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvae.metrics import METRICS  # noqa: E402
 from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import BEST_RULE, best_trial, incomplete_note, load_results  # noqa: E402
+from study.results import BEST_RULE, best_trial, incomplete_note, load_results, resolve_path  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
             print(f"  {key[len('param_'):]} = {best[key]}")
     for name in METRICS:
         print(f"  {name:<20} {best['best_' + name]:.5g}")
-    print(f"checkpoint: {best['checkpoint']}")
+    print(f"checkpoint: {resolve_path(args.results, best['checkpoint'])}")
     return 0
 
 

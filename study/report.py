@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvae.cli import ArgumentParser, fail  # noqa: E402
 from study.results import (FINISHED, STATUS_COMPLETED, best_trial, incomplete_note, load_results,  # noqa: E402
-                           read_table)
+                           read_table, resolve_path)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -22,7 +22,7 @@ FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
 # ---------------------------------------------------------------- details from checkpoints
 
 
-def final_checkpoint(best_checkpoint: str) -> Path | None:
+def final_checkpoint(best_checkpoint: Path) -> Path | None:
     """The newest checkpoint of the trial that wrote `best_checkpoint` (Tune keeps the best and the newest)."""
     path = Path(best_checkpoint)
     trial_dir = next((p.parent for p in (path, *path.parents) if p.name.startswith("checkpoint_")), None)
@@ -63,7 +63,7 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
     finished = trials[trials["status"].isin(FINISHED) & trials["checkpoint"].notna() & ~trials["trial_id"].isin(done)]
     todo, missing = [], []
     for _, trial in finished.iterrows():
-        checkpoint = final_checkpoint(trial["checkpoint"])
+        checkpoint = final_checkpoint(resolve_path(folder, trial["checkpoint"]))
         if checkpoint is None:
             missing.append(trial["trial_id"])
         else:
@@ -73,7 +73,8 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
             f"{', ...' if len(missing) > 5 else ''}); their sweeps and samples are left out")
     try:
         best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
-        best_folder = None if sample_key(BEST, best["trial_id"]) in grids else _model_folder(Path(best["checkpoint"]))
+        best_folder = (None if sample_key(BEST, best["trial_id"]) in grids
+                       else _model_folder(resolve_path(folder, best["checkpoint"])))
     except (ValueError, TypeError):  # no finished trial yet, or no checkpoint recorded
         best_folder = None
     if not todo and best_folder is None:

@@ -102,6 +102,30 @@ def build_tables(records: list[TrialRecord], metrics: tuple[str, ...], modes: tu
     return pd.DataFrame(trials), pd.DataFrame(epochs)
 
 
+def relative_path(folder: Path, path) -> str | None:
+    """`path` relative to the study folder when it lies inside it (results stay valid when the folder moves);
+    other places (a cluster's shared storage, a cloud URI) are kept as they are."""
+    if not isinstance(path, str) or not path or "://" in path or not Path(path).is_absolute():
+        return path if isinstance(path, str) and path else None
+    try:
+        return str(Path(path).resolve().relative_to(Path(folder).resolve()))
+    except ValueError:
+        return path
+
+
+def resolve_path(folder: Path, path) -> Path | None:
+    """The inverse of relative_path: a table's path as a usable Path (None when there is none)."""
+    if not isinstance(path, str) or not path:
+        return None
+    return Path(path) if Path(path).is_absolute() or "://" in path else Path(folder) / path
+
+
+def _relocatable(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    if "checkpoint" in frame:
+        frame["checkpoint"] = [relative_path(folder, value) for value in frame["checkpoint"]]
+    return frame
+
+
 def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
     scratch = path.with_name(f".{path.name}.tmp")
     frame.to_csv(scratch, index=False)
@@ -110,7 +134,7 @@ def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
 
 def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd.DataFrame:
     """Rewrite trials.csv (one row per trial) atomically."""
-    trials = pd.DataFrame([trial_row(record, metrics[0], modes[0]) for record in records])
+    trials = _relocatable(pd.DataFrame([trial_row(record, metrics[0], modes[0]) for record in records]), folder)
     folder.mkdir(parents=True, exist_ok=True)
     _replace_atomically(trials, folder / TRIALS_FILE)
     return trials
@@ -119,6 +143,7 @@ def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd
 def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
     trials, epochs = build_tables(records, metrics, modes)
+    trials = _relocatable(trials, folder)
     folder.mkdir(parents=True, exist_ok=True)
     _replace_atomically(trials, folder / TRIALS_FILE)
     _replace_atomically(epochs, folder / EPOCHS_FILE)
@@ -209,8 +234,10 @@ def _plain(value):
 
 
 def save_spec(folder: Path, spec) -> None:
+    """study.json: the study as it started (the study file's path relative to the folder, so it can move)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1, default=list))
+    values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve())}
+    (folder / SPEC_FILE).write_text(json.dumps(values, indent=1, default=list))
 
 
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "checkpoint")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import logging
 import os
 import re
 import signal
@@ -150,6 +152,26 @@ def check_study_folder(args, spec, results_dir: Path, experiment: str) -> None:
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
 
 
+def check_same_study(spec, results_dir: Path) -> None:
+    """--resume continues the study that started: its study file's content and every flag as they were then.
+
+    Tune rebuilds the trainable from what this run passes, so a changed --max-epochs or --dataset would
+    silently change unfinished trials while finished ones keep the old settings.
+    """
+    from study.results import SPEC_FILE
+
+    try:
+        stored = json.loads((results_dir / SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        fail(f"--resume: {results_dir / SPEC_FILE} is missing or damaged; it records the study that started")
+    now = json.loads(json.dumps(spec.to_dict(), default=list))
+    changed = sorted(key for key in set(stored) | set(now) if key != "path" and stored.get(key) != now.get(key))
+    if changed:
+        fail("--resume with a different study: " + "; ".join(
+            f"{key} was {stored.get(key)!r}, now {now.get(key)!r}" for key in changed)[:600]
+             + ". Resume with the study file and flags it started with")
+
+
 def check_data(spec) -> None:
     """Read the study's data once in the driver, so bad data is one line now instead of failing every trial."""
     from cvae.data import DatasetError, load_dataset
@@ -259,7 +281,7 @@ def start_ray(address: str | None, spec, extra_env: dict) -> None:
 
 
 def summarise(trials, spec, results_dir: Path) -> None:
-    from study.results import best_trial
+    from study.results import best_trial, resolve_path
 
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -273,12 +295,19 @@ def summarise(trials, spec, results_dir: Path) -> None:
           ", ".join(f"{k}={v}" for k, v in params.items()))
     print("  " + ", ".join(f"{m}={best['best_' + m]:.4g}" for m in
                            ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")))
-    print(f"  checkpoint: {best['checkpoint']}")
+    print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
     print("next:\n"
           f"  python study/report.py {results_dir}      # figures, summary.md, claim verdicts\n"
           f"  python study/best.py {results_dir}\n"
           f"  python study/sample.py {results_dir} --out best.png")
+
+
+class HideTunesResumeHint(logging.Filter):
+    """After Ctrl-C Tune suggests `Tuner.restore(...)`; this study resumes with its own command (printed below)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
 
 
 def stop_like_ctrl_c(signum, frame) -> None:
@@ -301,6 +330,8 @@ def main(argv=None) -> int:
         fail(f"cannot lock {results_dir} ({error.strerror or error})")
     try:
         check_study_folder(args, spec, results_dir, experiment)
+        if args.resume:
+            check_same_study(spec, results_dir)
         check_data(spec)
         return run_study(args, spec, results_dir, storage_path, experiment)
     finally:
@@ -315,7 +346,8 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
     from study.results import STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
     from study.tuner import build_tuner, finish_records, restore_tuner
 
-    save_spec(results_dir, spec)
+    if not args.resume:
+        save_spec(results_dir, spec)  # written once: the record of what this study is
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
           f"{'/' + spec.sampler if spec.algorithm == 'optuna' else ''}, objective "
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
@@ -323,6 +355,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
     start_ray(args.address, spec, check_download(spec))
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
     started = time.time()
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import best_trial, incomplete_note, load_results  # noqa: E402
+from study.results import best_trial, incomplete_note, load_results, resolve_path  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,8 +39,9 @@ def main(argv=None) -> int:
             raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
     except ValueError as error:
         fail(str(error))
-    print(f"trial {row['trial_id']}: {row['checkpoint']}")
-    return sample_main([row["checkpoint"], *passed_on])
+    checkpoint = resolve_path(args.results, row["checkpoint"])
+    print(f"trial {row['trial_id']}: {checkpoint}")
+    return sample_main([str(checkpoint), *passed_on])
 
 
 if __name__ == "__main__":

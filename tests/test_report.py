@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -116,3 +117,23 @@ def test_notebook_runs_headless_on_the_tiny_studies(studies):
     text = "".join(str(output.get("data", {}).get("text/markdown", "")) for cell in notebook.cells
                    if cell.cell_type == "code" for output in cell.get("outputs", []))
     assert "(a) the thickness condition is respected" in text and "(e) grey loss from epoch 1" in text
+
+
+def test_a_moved_study_folder_keeps_working(studies, tmp_path):
+    import json
+    import shutil
+
+    _, grey = studies
+    moved = shutil.copytree(grey, tmp_path / "elsewhere" / "tiny_grey")
+    trials = pd.read_csv(moved / "trials.csv")
+    assert trials["checkpoint"].notna().all() and not trials["checkpoint"].str.startswith("/").any()
+    assert not json.loads((moved / "study.json").read_text())["path"].startswith("/")
+    best = subprocess.run([sys.executable, "study/best.py", str(moved)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert best.returncode == 0, best.stderr
+    checkpoint = best.stdout.split("checkpoint: ")[1].strip()
+    assert checkpoint.startswith(str(moved)) and (Path(checkpoint) / "decoder.keras").is_file()
+    out = tmp_path / "moved.png"
+    sample = subprocess.run([sys.executable, "study/sample.py", str(moved), "--out", str(out), "--digits", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0 and out.is_file(), sample.stderr[-2000:]

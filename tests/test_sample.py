@@ -75,11 +75,19 @@ def test_cli_bad_requests_exit_2_with_one_line(tiny_run, args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_cli_unreadable_checkpoint(tmp_path):
-    (tmp_path / "decoder.keras").write_bytes(b"not a zip file")
-    result = run_cli(tmp_path)
+def test_cli_unreadable_checkpoint(tiny_run, tmp_path):
+    import shutil
+
+    _, _, checkpoint = tiny_run
+    damaged = shutil.copytree(checkpoint, tmp_path / "damaged")
+    (damaged / "decoder.keras").write_bytes((damaged / "decoder.keras").read_bytes()[:500])  # cut short
+    result = run_cli(damaged)
+    assert result.returncode == 2 and "is damaged: decoder.keras is not a .keras (zip) archive" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (damaged / "decoder.keras").write_bytes((checkpoint / "decoder.keras").read_bytes())
+    (damaged / "config.json").write_text("{not json")
+    result = run_cli(damaged)
     assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
-    assert "Traceback" not in result.stderr
     result = run_cli(tmp_path / "nowhere")
     assert result.returncode == 2 and "is not a checkpoint folder" in result.stderr
 

@@ -170,6 +170,9 @@ def test_interrupt_and_kill_then_resume(tmp_path):
                           timeout=60)
     assert best.stdout.startswith("incomplete: ") and best.returncode == 2, best  # no trial finished yet
 
+    changed = study_cli("--space", space, "--resume", "--max-epochs", "3", results=tmp_path, timeout=60)
+    assert changed.returncode == 2 and "--resume with a different study: max_epochs was 5, now 3" in changed.stderr
+
     driver = _start(space, tmp_path, "second.log", "--resume")
     try:
         _wait_for(epochs_at_least("second.log", 3), 300, "three more epochs")
