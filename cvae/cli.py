@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; every CLI uses it for every refused input
@@ -19,3 +21,28 @@ def fail(message: str) -> None:
     """Print `error: message` on stderr and exit 2 (bad input the user can fix)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_BAD_INPUT)
+
+
+VERBOSE_ENV = "CVAE_VERBOSE"  # "1": show TensorFlow's and Ray's own start-up and bookkeeping lines
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike):
+    """Send the process's file descriptor 2 to `path` for a while (unless CVAE_VERBOSE=1).
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing, absl) are written there before any log level
+    applies, so no environment variable silences them; they are kept in the file instead of the console.
+    """
+    if os.environ.get(VERBOSE_ENV) == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as target:
+            os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

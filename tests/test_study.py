@@ -31,6 +31,10 @@ def write_space(tmp_path, name, body):
     return path
 
 
+NOISE = re.compile(r"I0000|E0000|absl::InitializeLog|oneDNN|cuInit|Checkpoint successfully created|"
+                   r"View detailed results|Tuner\.restore|INFO worker\.py|A new study created|Configuration for experiment")
+
+
 def listening_addresses(pid: int) -> set[str]:
     """IP addresses on which the process `pid` and everything it started listen (TCP)."""
     import psutil
@@ -61,6 +65,11 @@ def test_smoke_study_end_to_end(tmp_path):
     result = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in addresses), addresses
+    console = result.stdout + result.stderr  # the study's story, without Ray's, Optuna's or TensorFlow's noise
+    noise = [line for line in console.splitlines() if NOISE.search(line)]
+    assert not noise, noise
+    assert re.search(r"study: 1/2 trials ended \(1 completed\), \d running; best fid [\d.]+ \(trial \w+\); ETA ~\d+ s",
+                     console), console
     trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
     epochs = pd.read_csv(tmp_path / "smoke" / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
