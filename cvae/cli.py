@@ -9,6 +9,32 @@ import sys
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; every CLI uses it for every refused input
 
+# The one mapping from command-line flags to TrialConfig fields: field -> (type, help). `--data-path` sets
+# data_path, and so on; cvae.train applies them to its preset, study/run.py to the study's `fixed:`.
+CONFIG_FLAGS = {
+    "dataset": (str, "mnist (full MNIST; the embedded 5k sample when offline), mnist-5k or fashion-mnist"),
+    "data_path": (str, "a folder of MNIST IDX files (.gz or not) or a keras mnist.npz, relative to where you run"),
+    "max_train_samples": (int, "train on a stratified subset of this many images (0 = all)"),
+    "epochs": (int, "epochs to train"),
+    "seed": (int, "seed of weights, dropout, noise and shuffling"),
+}
+DATA_FLAGS = ("dataset", "data_path", "max_train_samples")  # the ones a study's command line may set
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names) -> None:
+    """--flag-name for each TrialConfig field in `names` (see CONFIG_FLAGS); unset flags stay None."""
+    from cvae.config import DATASETS
+
+    for name in names:
+        kind, help_text = CONFIG_FLAGS[name]
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text,
+                            choices=DATASETS if name == "dataset" else None)
+
+
+def config_overrides(args: argparse.Namespace, names) -> dict:
+    """The TrialConfig fields among `names` that were given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (the problem and where to read what is allowed)."""

@@ -38,6 +38,9 @@ _METRICS = [
 ]
 METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS}
 TRAIN_METRICS = ("loss", "reconstruction", "kl", "grey")
+# What else an epoch's report carries by name: its status and, when checkpointing, the checkpoint folder.
+STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"
+CHECKPOINT_KEY = "checkpoint"
 VALIDATION_METRICS = tuple("val_" + name for name in TRAIN_METRICS)
 SAMPLE_METRICS = tuple(name for name in METRICS if name not in TRAIN_METRICS + VALIDATION_METRICS)
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from cvae.checkpoint import CheckpointError, read_checkpoint
 from cvae.cli import ArgumentParser, fail
 from cvae.data import NUM_CLASSES, ThicknessStats, make_conditions, thickness_of
-
-STATS_FILE = "thickness_stats.json"
-
 
 class SampleError(ValueError):
     """Bad input for sampling; the message is meant for the user as is."""
@@ -23,37 +19,12 @@ class SampleError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-def save_stats(folder: Path, stats: ThicknessStats) -> None:
-    payload = {"mode": stats.mode, "mean": stats.mean.tolist(), "std": stats.std.tolist()}
-    (Path(folder) / STATS_FILE).write_text(json.dumps(payload, indent=1))
-
-
-def load_stats(folder: Path) -> ThicknessStats:
-    payload = json.loads((Path(folder) / STATS_FILE).read_text())
-    return ThicknessStats(np.array(payload["mean"]), np.array(payload["std"]), payload["mode"])
-
-
 def load_generator(checkpoint: str | Path):
-    """(encoder, decoder, config, stats) from a checkpoint folder, loaded with keras' safe mode on."""
-    folder = Path(checkpoint)
-    if not (folder / "decoder.keras").is_file():
-        raise SampleError(f"{folder} is not a checkpoint folder (no decoder.keras); pass e.g. RUN/checkpoints/epoch_0009")
-    damaged = [name for name in ("encoder.keras", "decoder.keras") if not zipfile.is_zipfile(folder / name)]
-    if damaged:
-        raise SampleError(f"checkpoint {folder} is damaged: {', '.join(damaged)} is not a .keras (zip) archive")
-    import keras  # only now: a wrong folder is refused without the seconds TensorFlow takes to start
-
-    from cvae import model as _registers_sampling_layer  # noqa: F401
-    from cvae.train import read_checkpoint_config
-
+    """(encoder, decoder, config, stats) from a checkpoint folder; SampleError with the reason otherwise."""
     try:
-        config = read_checkpoint_config(folder)
-        encoder = keras.models.load_model(folder / "encoder.keras", safe_mode=True, compile=False)
-        decoder = keras.models.load_model(folder / "decoder.keras", safe_mode=True, compile=False)
-        stats = load_stats(folder)
-    except Exception as error:  # any unreadable part means an unusable checkpoint
-        raise SampleError(f"cannot read checkpoint {folder}: {str(error).splitlines()[0][:200]}") from error
-    return encoder, decoder, config, stats
+        return read_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise SampleError(str(error)) from None
 
 
 # ---------------------------------------------------------------- drawing

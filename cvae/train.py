@@ -4,76 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 
-from cvae.cli import ArgumentParser
+from cvae.cli import DATA_FLAGS, ArgumentParser, add_config_flags, config_overrides
 from cvae.config import PRESETS, TrialConfig, preset
-from cvae.sample import save_stats
+from cvae.metrics import CHECKPOINT_KEY, STATUS_COMPLETED
+from cvae.checkpoint import latest_checkpoint, read_checkpoint_config, restore_checkpoint
 
-CHECKPOINT_KEY = "checkpoint"  # key of the checkpoint folder in a reported metrics dict
-CHECKPOINT_FORMAT = 1
-STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"  # an epoch row's status
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config: TrialConfig, stats) -> Path:
-    """Weights as safe-mode-loadable .keras models, plus optimizer and RNG state for resuming."""
-    folder = Path(folder)
-    scratch = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    model.encoder.save(scratch / "encoder.keras")
-    model.decoder.save(scratch / "decoder.keras")
-    arrays = {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)}
-    arrays.update({f"state_{i}": np.asarray(v) for i, v in enumerate(model.non_trainable_variables)})
-    np.savez(scratch / "training_state.npz", **arrays)
-    (scratch / "config.json").write_text(config.to_json())
-    save_stats(scratch, stats)  # sampling from a user's image needs the training split's thickness statistics
-    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": history}
-    (scratch / "state.json").write_text(json.dumps(state, indent=1, default=float))
-    shutil.rmtree(folder, ignore_errors=True)
-    scratch.rename(folder)  # a checkpoint folder either is complete or does not exist
-    return folder
-
-
-def read_checkpoint_config(folder: str | Path) -> TrialConfig:
-    """The TrialConfig a checkpoint was trained with."""
-    path = Path(folder) / "config.json"
-    try:
-        return TrialConfig.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{folder} is not a cvae checkpoint (cannot read {path.name}: {error})") from error
-
-
-def restore_checkpoint(model, folder: str | Path) -> tuple[int, list[dict]]:
-    """Load weights, optimizer and RNG state into a built model; returns (epochs done, history)."""
-    folder = Path(folder)
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{folder}: checkpoint format {state.get('format')} != {CHECKPOINT_FORMAT}")
-    model.encoder.load_weights(folder / "encoder.keras")
-    model.decoder.load_weights(folder / "decoder.keras")
-    model.optimizer.build(model.trainable_variables)
-    with np.load(folder / "training_state.npz") as arrays:
-        for prefix, variables in (("optimizer", model.optimizer.variables), ("state", model.non_trainable_variables)):
-            for i, variable in enumerate(variables):
-                variable.assign(arrays[f"{prefix}_{i}"])
-    return int(state["epoch"]), list(state["history"])
-
-
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """Newest complete epoch_NNNN checkpoint under a folder, or None."""
-    candidates = sorted(Path(folder).glob("epoch_[0-9][0-9][0-9][0-9]"))
-    return candidates[-1] if candidates else None
 
 
 # ---------------------------------------------------------------- training
@@ -90,8 +32,20 @@ def _datasets(data, config: TrialConfig, start_epoch: int):
     return train, held_out.batch(500).prefetch(tf.data.AUTOTUNE)
 
 
-def _is_finite(value) -> bool:
-    return value is not None and math.isfinite(float(value))
+@dataclass
+class TrainingRun:
+    """What one training run prepares once and its epochs share (the callback reads and updates it)."""
+
+    config: TrialConfig
+    data: Any  # cvae.data.PreparedData
+    classifier: Any  # cvae.classifier.Classifier
+    evaluation: Any  # cvae.metrics.EvaluationSet: fixed latents and conditions
+    model: Any  # cvae.model.CVAE
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    setup_seconds: float = 0.0  # imports, data, classifier, model: paid once per run
+    status: str = STATUS_COMPLETED
+    checkpoint: str | None = None
 
 
 def train(
@@ -115,18 +69,30 @@ def train(
         {"status", "epochs_run", "final" (last epoch's metrics), "history", "checkpoint", "dataset_source"}.
     """
     entered = time.perf_counter()
-    if checkpoint is not None:
-        trained_with = read_checkpoint_config(checkpoint).to_dict()
-        # Only the length may change: model_4 -> model_5 is the same run continued to 41 epochs.
-        changed = sorted(k for k, v in config.to_dict().items() if trained_with[k] != v and k != "epochs")
-        if changed:
-            raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
+    check_resumable(config, checkpoint)
+    run = prepare(config, checkpoint)
+    run.setup_seconds = time.perf_counter() - entered
+    fit(run, report, checkpoint_dir, verbose)
+    return outcome(run)
+
+
+def check_resumable(config: TrialConfig, checkpoint: str | Path | None) -> None:
+    """A checkpoint continues only the run it came from; only the length may change (model_4 -> model_5)."""
+    if checkpoint is None:
+        return
+    trained_with = read_checkpoint_config(checkpoint).to_dict()
+    changed = sorted(k for k, v in config.to_dict().items() if trained_with[k] != v and k != "epochs")
+    if changed:
+        raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
+
+
+def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
+    """Seed, data, the frozen classifier, the fixed evaluation latents and the model (restored if resuming)."""
     import keras
 
     from cvae.classifier import load_classifier
     from cvae.data import prepare_data
-    from cvae.losses import grey_weight_for_epoch
-    from cvae.metrics import SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder, make_evaluation_set
+    from cvae.metrics import make_evaluation_set
     from cvae.model import build_cvae
 
     keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
@@ -136,66 +102,34 @@ def train(
     classifier = load_classifier(config.dataset, config.data_path, config.validation_fraction)
     evaluation = make_evaluation_set(data.held_out, data.stats, classifier, config.latent_dim,
                                      config.eval_samples, config.sweep_latents, config.eval_seed)
-    model = build_cvae(config)
-    start_epoch, history = 0, []
+    run = TrainingRun(config, data, classifier, evaluation, build_cvae(config))
     if checkpoint is not None:
-        start_epoch, history = restore_checkpoint(model, checkpoint)
-    outcome = {"status": STATUS_COMPLETED, "checkpoint": None}
-    setup_seconds = time.perf_counter() - entered  # imports, data, classifier, model: paid once per run
+        run.start_epoch, run.history = restore_checkpoint(run.model, checkpoint)
+    return run
 
-    class EpochEnd(keras.callbacks.Callback):
-        """Sets the grey weight before each epoch; measures, checkpoints and reports after it."""
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-            self.train_seconds = None
-            self.model.grey_weight.assign(grey_weight_for_epoch(epoch + 1, config.grey_weight, config.warmup_epochs))
+def fit(run: TrainingRun, report, checkpoint_dir, verbose: int) -> None:
+    """The remaining epochs; after each, EpochEnd measures, checkpoints and reports (cvae/callbacks.py)."""
+    import keras
 
-        def on_test_begin(self, logs=None):
-            if self.train_seconds is None:  # fit() validates after the epoch's training steps
-                self.train_seconds = time.perf_counter() - self.started
+    from cvae.callbacks import EpochEnd
 
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            metrics = {name: float(logs.get(name, math.nan)) for name in TRAIN_METRICS + VALIDATION_METRICS}
-            metrics.update(epoch=epoch + 1, grey_weight=float(self.model.grey_weight.numpy()),
-                           dataset_source=data.source, epoch_seconds=time.perf_counter() - self.started,
-                           train_seconds=self.train_seconds, setup_seconds=setup_seconds)
-            if not all(_is_finite(metrics[name]) for name in TRAIN_METRICS):
-                outcome["status"] = STATUS_DIVERGED
-                self.model.stop_training = True
-                # Every metric is present in every report (schedulers and searchers expect the keys).
-                metrics.update({name: math.nan for name in SAMPLE_METRICS}, status=STATUS_DIVERGED)
-            else:
-                evaluation_started = time.perf_counter()
-                metrics.update(evaluate_decoder(self.model.decoder, evaluation, classifier))
-                metrics["eval_seconds"] = time.perf_counter() - evaluation_started
-                metrics["status"] = STATUS_RUNNING if epoch + 1 < config.epochs else STATUS_COMPLETED
-            history.append(metrics)
-            reported = dict(metrics)
-            if checkpoint_dir is not None and metrics["status"] != STATUS_DIVERGED:
-                saving_started = time.perf_counter()
-                previous = latest_checkpoint(checkpoint_dir)
-                path = save_checkpoint(self.model, Path(checkpoint_dir) / f"epoch_{epoch + 1:04d}",
-                                       epoch + 1, history, config, data.stats)
-                if previous is not None and previous != path:
-                    shutil.rmtree(previous, ignore_errors=True)
-                outcome["checkpoint"] = reported[CHECKPOINT_KEY] = str(path)
-                reported["checkpoint_seconds"] = time.perf_counter() - saving_started
-            if report is not None:
-                report(reported)
+    if run.start_epoch >= run.config.epochs:
+        return
+    train_data, held_out_data = _datasets(run.data, run.config, run.start_epoch)
+    run.model.fit(train_data, validation_data=held_out_data, epochs=run.config.epochs, initial_epoch=run.start_epoch,
+                  callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd(run, report, checkpoint_dir)],
+                  verbose=verbose, shuffle=False)
 
-    if start_epoch < config.epochs:
-        train_data, held_out_data = _datasets(data, config, start_epoch)
-        model.fit(train_data, validation_data=held_out_data, epochs=config.epochs, initial_epoch=start_epoch,
-                  callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd()], verbose=verbose, shuffle=False)
+
+def outcome(run: TrainingRun) -> dict:
     return {
-        "status": outcome["status"],
-        "epochs_run": len(history),
-        "final": history[-1] if history else {},
-        "history": history,
-        "checkpoint": outcome["checkpoint"],
-        "dataset_source": data.source,
+        "status": run.status,
+        "epochs_run": len(run.history),
+        "final": run.history[-1] if run.history else {},
+        "history": run.history,
+        "checkpoint": run.checkpoint,
+        "dataset_source": run.data.source,
     }
 
 
@@ -212,18 +146,17 @@ def _parse_assignment(text: str) -> tuple[str, object]:
         return key, value  # plain strings need no quotes: --set condition_mode=global
 
 
-def main(argv: list[str] | None = None) -> int:
+TRAIN_FLAGS = (*DATA_FLAGS, "epochs", "seed")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> int:
     parser = ArgumentParser(
-        prog="python -m cvae.train",
+        prog=prog,
         description="Train one C-VAE from a preset; writes DIR/config.json, DIR/metrics.csv and "
         "DIR/checkpoints/epoch_NNNN (the newest epoch). Rerun with --resume to continue an interrupted run.",
     )
     parser.add_argument("--preset", default="model_4", choices=sorted(PRESETS), help="reference experiment to start from")
-    parser.add_argument("--dataset", help="mnist (full, falls back to the embedded sample offline), mnist-5k, fashion-mnist")
-    parser.add_argument("--data-path", help="folder of IDX .gz files or a keras mnist.npz")
-    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
-    parser.add_argument("--max-train-samples", type=int, help="train on a stratified subset (0 = all)")
-    parser.add_argument("--seed", type=int)
+    add_config_flags(parser, TRAIN_FLAGS)
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_assignment,
                         metavar="KEY=VALUE", help="any other TrialConfig field, e.g. --set latent_dim=16 (repeatable)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -231,11 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    changes = dict(args.overrides)
-    for flag, key in (("dataset", "dataset"), ("data_path", "data_path"), ("epochs", "epochs"),
-                      ("max_train_samples", "max_train_samples"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            changes[key] = getattr(args, flag)
+    changes = {**dict(args.overrides), **config_overrides(args, TRAIN_FLAGS)}
     try:
         config = preset(args.preset).replace(**changes)
     except ValueError as error:

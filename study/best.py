@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cvae.metrics import METRICS  # noqa: E402
-from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import BEST_RULE, best_trial, incomplete_note, load_results, resolve_path  # noqa: E402
+from cvae.metrics import METRICS
+from cvae.cli import ArgumentParser, fail
+from study.results import BEST_RULE, best_trial, incomplete_note, load_results, resolve_path
 
 
-def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python study/best.py", description=__doc__.split(" — ")[1] + " " + BEST_RULE)
+def main(argv=None, prog: str = "python study/best.py") -> int:
+    parser = ArgumentParser(prog=prog, description=__doc__.split(" — ")[1] + " " + BEST_RULE)
     parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
     args = parser.parse_args(argv)
     try:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import (FINISHED, STATUS_COMPLETED, best_trial, incomplete_note, load_results,  # noqa: E402
+from cvae.cli import ArgumentParser, fail
+from study.results import (FINISHED, STATUS_COMPLETED, best_trial, incomplete_note, load_results,
                            read_table, resolve_path)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
@@ -216,7 +213,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              f"- trials: {len(trials)} (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
              + ")",
              f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
-             f"- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
+             "- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
     if is_grid(spec):
         table = model_table(finished[finished["status"] == STATUS_COMPLETED])
@@ -253,9 +250,9 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     return text
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python study/report.py") -> int:
     parser = ArgumentParser(
-        prog="python study/report.py",
+        prog=prog,
         description="Write figures/*.png and summary.md for a study's results folder. Per-class thickness sweeps "
         "and sample grids are drawn once from the checkpoints into details.csv and samples.npz, so the folder "
         "stays reportable after the checkpoints are deleted.")

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import METRICS
-from cvae.train import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING
+from cvae.metrics import METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
 BEST_PREFIX, PARAM_PREFIX = "best_", "param_"

@@ -16,21 +16,18 @@ import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python study/run.py` from a checkout works without installing
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 
-from cvae.cli import VERBOSE_ENV, ArgumentParser, fail  # noqa: E402
-from cvae.config import DATASETS  # noqa: E402
-from study.space import SpecError, check_name, load_spec  # noqa: E402  (light: no Ray, no TensorFlow)
+from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, fail
+from study.space import SpecError, check_name, load_spec  # light: no Ray, no TensorFlow
 
 # Uploaded to cluster nodes with the code: everything but outputs and history.
 RUNTIME_EXCLUDES = [".git", "results", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
-def parse_args(argv):
+def parse_args(argv, prog: str = "python study/run.py"):
     parser = ArgumentParser(
-        prog="python study/run.py",
+        prog=prog,
         description="Run a hyperparameter study of the C-VAE with Ray Tune + Optuna. Tables go to "
         "results/<name>/trials.csv and epochs.csv while it runs; checkpoints to results/<name>/tune/.",
         epilog="Examples:  python study/run.py --space smoke.yaml\n"
@@ -43,10 +40,7 @@ def parse_args(argv):
     parser.add_argument("--name", help="study name (default: the file's name:); results go to results/<name>")
     parser.add_argument("--num-samples", type=int, help="number of Optuna trials (overrides search.num_samples)")
     parser.add_argument("--max-epochs", type=int, help="cap every trial's epochs (and ASHA's max_t)")
-    parser.add_argument("--dataset", choices=DATASETS, help="override fixed.dataset")
-    parser.add_argument("--data-path", help="override fixed.data_path: a folder of IDX .gz files or a keras mnist.npz "
-                        "(relative to where you run the command; checked before Ray starts)")
-    parser.add_argument("--max-train-samples", type=int, help="train on a stratified subset (0 = all)")
+    add_config_flags(parser.add_argument_group("override the study file's fixed: settings"), DATA_FLAGS)
     parser.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.5)")
@@ -82,14 +76,13 @@ def prepare(args):
                 raise SpecError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
         if args.name is not None:
             check_name(args.name, "--name")
-        data_path = args.data_path if args.data_path is not None else spec.fixed.get("data_path")
+        fixed = config_overrides(args, DATA_FLAGS)
+        data_path = fixed.get("data_path", spec.fixed.get("data_path"))
+        if data_path:  # trials run in Ray workers elsewhere: a relative path means "from where the command runs"
+            fixed["data_path"] = str(Path(data_path).expanduser().resolve())
         spec = spec.with_overrides(
-            name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs, dataset=args.dataset,
-            max_train_samples=args.max_train_samples, max_concurrent=args.max_concurrent,
-            cpu=args.cpus_per_trial, gpu=args.gpus_per_trial,
-            # trials run in Ray workers elsewhere: a relative path means "from where the command runs"
-            data_path=str(Path(data_path).expanduser().resolve()) if data_path else None,
-        )
+            name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs,
+            max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial, gpu=args.gpus_per_trial, **fixed)
     except SpecError as error:
         fail(str(error))
     if spec.sampler == "gp" and spec.algorithm == "optuna" and importlib.util.find_spec("torch") is None:
@@ -329,8 +322,8 @@ def stop_like_ctrl_c(signum, frame) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python study/run.py") -> int:
+    args = parse_args(argv, prog)
     spec, results_dir, storage_path, experiment = prepare(args)
     from study.lock import StudyLock, StudyLocked
     from study.results import LOCK_FILE

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cvae.cli import ArgumentParser, fail  # noqa: E402
-from study.results import best_trial, incomplete_note, load_results, resolve_path  # noqa: E402
+from cvae.cli import ArgumentParser, fail
+from study.results import best_trial, incomplete_note, load_results, resolve_path
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python study/sample.py") -> int:
     parser = ArgumentParser(
-        prog="python study/sample.py",
+        prog=prog,
         description="Draw digits from the best trial's checkpoint (or --trial ID's). Every other option is passed "
         "to python -m cvae.sample: --out, --digits, --thickness, --samples, --seed, --style IMAGE, --scale.",
     )

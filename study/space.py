@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cvae.cli import DATA_FLAGS
 from cvae.config import MAX_EPOCHS, PRESETS, TrialConfig, preset
 from cvae.metrics import METRICS
 
@@ -157,7 +158,7 @@ class StudySpec:
         changes = {key: value for key, value in overrides.items() if value is not None}
         if "name" in changes:
             check_name(changes["name"], "--name")
-        fixed_changes = {key: changes.pop(key) for key in ("dataset", "max_train_samples", "data_path") if key in changes}
+        fixed_changes = {key: changes.pop(key) for key in DATA_FLAGS if key in changes}
         spec = dataclasses.replace(self, fixed={**self.fixed, **fixed_changes}, **changes)
         _check_semantics(spec, spec.path)
         return spec

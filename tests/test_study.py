@@ -147,14 +147,14 @@ def _printed_epochs(path):
 def test_interrupt_and_kill_then_resume(tmp_path):
     """Ctrl-C, then SIGKILL of driver and Ray, then --resume: nothing pruned under FIFO, every printed epoch kept
     exactly once, no new trial ids, running trials continued from their checkpoints, no orphan trial folders."""
-    space = write_space(tmp_path, "resumable", f"""
+    space = write_space(tmp_path, "resumable", """
         name: resumable
         base: model_4
-        fixed: {{dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}}
+        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
-          grey_weight: {{distribution: log_uniform, low: 0.05, high: 1.0}}
-        search: {{algorithm: optuna, sampler: random, seed: 1, num_samples: 3, max_concurrent: 2}}
-        scheduler: {{type: fifo, max_epochs: 5}}
+          grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
+        search: {algorithm: optuna, sampler: random, seed: 1, num_samples: 3, max_concurrent: 2}
+        scheduler: {type: fifo, max_epochs: 5}
     """)
     folder = tmp_path / "resumable"
 
@@ -246,15 +246,15 @@ def test_asha_prunes_trials_and_the_study_finishes(tmp_path):
 def test_two_node_cluster_survives_losing_a_worker(tmp_path):
     from ray.cluster_utils import Cluster
 
-    space = write_space(tmp_path, "cluster", f"""
+    space = write_space(tmp_path, "cluster", """
         name: cluster
         base: model_4
-        fixed: {{dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}}
+        fixed: {dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
-          grey_weight: {{values: [0.1, 0.5]}}
-        search: {{algorithm: grid, repeats: 1, max_concurrent: 2}}
-        scheduler: {{type: fifo, max_epochs: 5}}
-        resources: {{cpu: 1, gpu: 0}}
+          grey_weight: {values: [0.1, 0.5]}
+        search: {algorithm: grid, repeats: 1, max_concurrent: 2}
+        scheduler: {type: fifo, max_epochs: 5}
+        resources: {cpu: 1, gpu: 0}
     """)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                            "include_dashboard": False})

@@ -45,7 +45,8 @@ def test_checkpoint_holds_everything_needed(tiny_run, tiny_config):
 
 def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
     from cvae.model import build_cvae
-    from cvae.train import restore_checkpoint, train
+    from cvae.checkpoint import restore_checkpoint
+    from cvae.train import train
 
     reports, _, checkpoint = tiny_run
     # other settings must match the checkpoint; only the number of epochs may grow

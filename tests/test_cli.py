@@ -1,0 +1,40 @@
+"""The cvae-study command and the script entry points: help, dispatch, one-line errors."""
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from tests.conftest import REPO
+
+CVAE_STUDY = Path(sysconfig.get_path("scripts")) / "cvae-study"  # installed by pip install -e .
+
+
+def run(*args):
+    return subprocess.run([*map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cvae_study_help_lists_every_command():
+    result = run(CVAE_STUDY, "--help")
+    assert result.returncode == 0
+    for command in ("run", "best", "sample", "report", "train"):
+        assert f"\n  {command} " in result.stdout
+
+
+def test_subcommands_are_the_scripts_under_their_own_name():
+    for command in ("run", "best", "sample", "report", "train"):
+        result = run(CVAE_STUDY, command, "--help")
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: cvae-study {command} "), result.stderr
+
+
+def test_unknown_command_is_one_line_exit_2():
+    result = run(CVAE_STUDY, "trian")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "cvae-study: error: unknown command 'trian'; allowed: run, best, sample, report, train (see --help)")
+
+
+def test_scripts_run_from_a_checkout_without_path_edits():
+    for script in ("study/run.py", "study/best.py", "study/sample.py", "study/report.py"):
+        assert "sys.path" not in (REPO / script).read_text()
+        result = run(sys.executable, script, "--help")
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: python {script}"), result.stderr
