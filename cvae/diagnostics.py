@@ -21,7 +21,7 @@ def describe_checkpoint(checkpoint: str | Path) -> tuple[list[dict], np.ndarray]
     Returns:
         (rows of cvae.metrics.sweep_profile, grid of shape (10 digits, len(GRID_THICKNESS), 28, 28) as uint8).
     """
-    from cvae.sample import draw_grid, load_generator
+    from cvae.drawing import draw_grid, load_generator
 
     _, decoder, config, stats = load_generator(checkpoint)
     data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction,

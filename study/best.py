@@ -6,7 +6,7 @@ import sys
 
 from cvae.metrics import METRICS
 from cvae.cli import ArgumentParser, fail
-from study.results import BEST_RULE, best_trial, incomplete_note, load_results, resolve_path
+from study.results import BEST_PREFIX, BEST_RULE, best_trial, trial_params, incomplete_note, load_results, resolve_path
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:
@@ -25,11 +25,10 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
           + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
     print(f"best trial: {best['trial_id']} (status {best['status']}, best epoch {best['best_epoch']:.0f} "
           f"of {best['epochs_run']:.0f})")
-    for key in best.index:
-        if key.startswith("param_"):
-            print(f"  {key[len('param_'):]} = {best[key]}")
+    for name, value in trial_params(best).items():
+        print(f"  {name} = {value}")
     for name in METRICS:
-        print(f"  {name:<20} {best['best_' + name]:.5g}")
+        print(f"  {name:<20} {best[BEST_PREFIX + name]:.5g}")
     print(f"checkpoint: {resolve_path(args.results, best['checkpoint'])}")
     return 0
 

@@ -10,8 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from cvae.metrics import METRICS
-from study.plots import MODEL, with_models
-from study.results import FINISHED, STATUS_COMPLETED
+from study.results import FINISHED, MODEL, STATUS_COMPLETED, param_column, with_models
 
 CLAIMS = {
     "a": "the thickness condition is respected",
@@ -183,17 +182,17 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
     else:
         verdicts.append(Verdict("a", "not tested", "no completed trial that draws digits"))
 
-    if "param_condition_mode" in finished and finished["param_condition_mode"].nunique() == 2:
-        parity = compare(finished, "class_parity", "per_class", "global", column="param_condition_mode")
+    if param_column("condition_mode") in finished and finished[param_column("condition_mode")].nunique() == 2:
+        parity = compare(finished, "class_parity", "per_class", "global", column=param_column("condition_mode"))
         verdicts.append(Verdict("b", _combine([parity.outcome()]),
                                 parity.text("per_class", "global") + " (trials differ in the other searched "
                                 "parameters too, so this is confounded; the Model 1–5 study isolates it)"))
     else:
         verdicts.append(Verdict("b", "not tested", "condition_mode was not searched"))
 
-    if "param_grey_weight" in drawing and len(drawing) >= 3:
-        applied = drawing["param_grey_weight"].astype(float).where(
-            drawing["epochs_run"] > drawing.get("param_warmup_epochs", 0), 0.0)
+    if param_column("grey_weight") in drawing and len(drawing) >= 3:
+        applied = drawing[param_column("grey_weight")].astype(float).where(
+            drawing["epochs_run"] > drawing.get(param_column("warmup_epochs"), 0), 0.0)
         rho = stats.spearmanr(applied, drawing["grey_fraction"].astype(float), nan_policy="omit")
         verdict = "supported" if rho.statistic < -0.3 and rho.pvalue < SIGNIFICANCE else (
             "contradicted" if rho.statistic > 0.3 and rho.pvalue < SIGNIFICANCE else "not supported")
@@ -234,19 +233,19 @@ def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame, excluded: str = "
 
 def _collapse(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
     """Worst collapse_rate over each trial's epochs, grey from epoch 1 vs after a warm-up."""
-    if "param_warmup_epochs" not in finished or epochs.empty:
+    if param_column("warmup_epochs") not in finished or epochs.empty:
         return Verdict("e", "not tested", "warmup_epochs was not searched")
     worst = epochs.groupby("trial_id")["collapse_rate"].max().rename("worst_collapse")
     frame = finished.merge(worst, left_on="trial_id", right_index=True)
-    grey = frame["param_grey_weight"].astype(float) > 0 if "param_grey_weight" in frame else True
-    from_start = frame[(frame["param_warmup_epochs"] == 0) & grey]
-    later = frame[(frame["param_warmup_epochs"] > 0) & grey]
+    grey = frame[param_column("grey_weight")].astype(float) > 0 if param_column("grey_weight") in frame else True
+    from_start = frame[(frame[param_column("warmup_epochs")] == 0) & grey]
+    later = frame[(frame[param_column("warmup_epochs")] > 0) & grey]
     if from_start.empty:
         return Verdict("e", "not tested", "no trial applied the grey loss from epoch 1")
     collapsed = (from_start["worst_collapse"] >= COLLAPSED).sum()
     collapsed_later = (later["worst_collapse"] >= COLLAPSED).sum()
     evidence = (f"{collapsed}/{len(from_start)} trials with grey from epoch 1 collapsed (collapse_rate ≥ {COLLAPSED} "
                 f"at some epoch; worst {from_start['worst_collapse'].max():.3f}, grey weights "
-                f"{from_start['param_grey_weight'].min():.3g}–{from_start['param_grey_weight'].max():.3g}) vs "
+                f"{from_start[param_column('grey_weight')].min():.3g}–{from_start[param_column('grey_weight')].max():.3g}) vs "
                 f"{collapsed_later}/{len(later)} with a warm-up")
     return Verdict("e", "supported" if collapsed else "not supported (not reproduced here)", evidence)

@@ -12,9 +12,8 @@ import seaborn as sns
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, SAMPLE_METRICS
 from study import results
+from study.results import MODEL, SEED_PARAMETER, label_models, param_column, with_models  # noqa: F401 (notebook)
 
-MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed
-SEED_PARAMETER = "param_seed"
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
                  "collapse_rate")
@@ -22,31 +21,12 @@ GREY_PARAMETERS = ("grey_weight", "grey_threshold", "warmup_epochs")
 GREY_METRICS = ("fid", "grey_fraction", "collapse_rate")
 
 
-def _direction(metric: str) -> str:
-    return "lower is better" if METRICS[metric].mode == "min" else "higher is better"
-
-
-def label_models(frame: pd.DataFrame) -> pd.Series:
-    """A group label per row: the preset if the study varied presets, else its parameters without the seed."""
-    if "param_preset" in frame:
-        return frame["param_preset"].astype(str)
-    columns = [c for c in frame.columns if c.startswith("param_") and c != SEED_PARAMETER]
-    if not columns:
-        return frame["trial_id"].astype(str)
-    return frame[columns].apply(
-        lambda row: ", ".join(f"{c[len('param_'):]}={_short(v)}" for c, v in row.items()), axis=1)
-
-
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def with_models(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with the MODEL column added (if missing)."""
-    frame = frame.copy()
-    if MODEL not in frame:
-        frame[MODEL] = label_models(frame)
-    return frame
+def _direction(metric: str) -> str:
+    return "lower is better" if METRICS[metric].mode == "min" else "higher is better"
 
 
 def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
@@ -132,7 +112,7 @@ def plot_sample_grids(grids: dict[str, np.ndarray], thickness) -> plt.Figure:
         grids: label -> uint8 array (10, len(thickness), 28, 28), as stored in samples.npz.
         thickness: the requested thickness of each column.
     """
-    from cvae.sample import tile
+    from cvae.drawing import tile
 
     figure, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 4.4), squeeze=False)
     for axis, (label, grid) in zip(axes.flat, grids.items()):
@@ -234,7 +214,7 @@ def parameter_importance(trials: pd.DataFrame, spec: dict) -> pd.Series:
         value = float(row[metric])
         if not math.isfinite(value):
             continue
-        params = {name: _param_value(row[f"param_{name}"], distributions[name]) for name in distributions}
+        params = {name: _param_value(row[param_column(name)], distributions[name]) for name in distributions}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     if len(study.trials) < 2:
         raise ValueError(f"parameter importance needs at least 2 finished trials with a finite {metric}")
@@ -269,7 +249,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
     frame = trials[np.isfinite(trials[metric].astype(float))]
     scaled = {}
     for name in names:
-        column = frame[f"param_{name}"]
+        column = frame[param_column(name)]
         if not pd.api.types.is_numeric_dtype(column):
             codes = {value: i for i, value in enumerate(sorted(column.unique()))}
             scaled[name] = column.map(codes).astype(float) / max(len(codes) - 1, 1)
@@ -297,16 +277,16 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
 
 def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
     """grey_weight / grey_threshold / warmup_epochs (columns) against fid, grey_fraction, collapse_rate (rows)."""
-    parameters = [p for p in GREY_PARAMETERS if f"param_{p}" in trials]
+    parameters = [p for p in GREY_PARAMETERS if param_column(p) in trials]
     if not parameters:
         raise ValueError(f"the study searched none of {', '.join(GREY_PARAMETERS)}")
-    hue = "param_condition_mode" if "param_condition_mode" in trials else None
+    hue = param_column("condition_mode") if param_column("condition_mode") in trials else None
     figure, axes = plt.subplots(len(metrics), len(parameters), figsize=(3.6 * len(parameters), 2.8 * len(metrics)),
                                 squeeze=False)
     for row, metric in enumerate(metrics):
         for column, parameter in enumerate(parameters):
             axis = axes[row, column]
-            sns.scatterplot(data=trials, x=f"param_{parameter}", y=metric, hue=hue, ax=axis,
+            sns.scatterplot(data=trials, x=param_column(parameter), y=metric, hue=hue, ax=axis,
                             legend=(row, column) == (0, len(parameters) - 1))
             if parameter == "grey_weight":
                 axis.set_xscale("log")

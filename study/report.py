@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from cvae.cli import ArgumentParser, fail
-from study.results import (FINISHED, STATUS_COMPLETED, best_trial, incomplete_note, load_results,
-                           read_table, resolve_path)
+from study.results import (BEST_PREFIX, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
+                           incomplete_note, load_results, param_column, read_table, resolve_path, trial_params)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -109,7 +109,7 @@ def is_grid(spec: dict) -> bool:
 
 def varies_presets(trials: pd.DataFrame) -> bool:
     """Model 1-5 style: the trials are presets, so claims are judged by comparing presets."""
-    return "param_preset" in trials
+    return param_column("preset") in trials
 
 
 def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
@@ -118,8 +118,8 @@ def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
 
     chosen = {}
     frame = with_models(trials)
-    if "param_seed" in frame:
-        frame = frame.sort_values("param_seed")
+    if SEED_PARAMETER in frame:
+        frame = frame.sort_values(SEED_PARAMETER)
     for _, trial in frame.iterrows():
         key = sample_key(FINAL, trial["trial_id"])
         if trial[MODEL] not in chosen and key in grids:
@@ -145,15 +145,15 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
         planned["objective_history"] = lambda: plots.plot_objective_history(trials, spec)
         planned["parameter_importance"] = lambda: plots.plot_parameter_importance(finished, spec)
         planned["parallel_coordinates"] = lambda: plots.plot_parallel_coordinates(finished, spec)
-        if any(f"param_{p}" in trials for p in plots.GREY_PARAMETERS):
+        if any(param_column(p) in trials for p in plots.GREY_PARAMETERS):
             planned["grey_effects"] = lambda: plots.plot_grey_effects(finished)
         planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
         best = [(key.split("__", 1)[1], grid) for key, grid in grids.items() if key.startswith(BEST + "__")]
         if best:
             planned["best_samples"] = lambda: plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]},
                                                                       GRID_THICKNESS)
-        if not is_grid(spec) and "param_condition_mode" in trials:
-            column = "param_condition_mode"  # dozens of sampled trials: group the sweeps by normalisation
+        if not is_grid(spec) and param_column("condition_mode") in trials:
+            column = param_column("condition_mode")  # dozens of sampled trials: group the sweeps by normalisation
     if not details.empty:
         extra = [column] if column != plots.MODEL else []
         labelled = details.merge(plots.with_models(trials)[["trial_id", plots.MODEL, *extra]], on="trial_id")
@@ -228,14 +228,14 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
         lines += ["## Best trial", "", f"none yet: {error}", ""]
         best = None
     if best is not None:
-        params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
+        params = trial_params(best)
         lines += ["## Best trial", "", f"`{best['trial_id']}` (best epoch {best['best_epoch']:.0f} of "
                   f"{best['epochs_run']:.0f}): " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()), "",
-                  markdown_table(pd.DataFrame({"best epoch": [best["best_" + m] for m in METRICS],
+                  markdown_table(pd.DataFrame({"best epoch": [best[BEST_PREFIX + m] for m in METRICS],
                                                "last epoch": [best[m] for m in METRICS]}, index=list(METRICS)),
                                  "metric"), "",
                   f"## Top trials by {spec['metrics'][0]} (last epoch)", ""]
-        columns = ["status", "epochs_run", *[c for c in trials if c.startswith("param_")], "fid", "grey_fraction",
+        columns = ["status", "epochs_run", *[c for c in trials if c.startswith(PARAM_PREFIX)], "fid", "grey_fraction",
                    "collapse_rate", "class_accuracy"]
         top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)
         lines += [markdown_table(top.set_index("trial_id")[columns], "trial"), ""]

@@ -61,6 +61,16 @@ def _is_better(value: float, best: float, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+def param_column(name: str) -> str:
+    """The trials.csv / epochs.csv column of a searched or grid parameter."""
+    return PARAM_PREFIX + name
+
+
+def trial_params(row) -> dict:
+    """{parameter: value} of a trials.csv row (a Series or dict)."""
+    return {key[len(PARAM_PREFIX):]: row[key] for key in row.keys() if str(key).startswith(PARAM_PREFIX)}
+
+
 def _param_columns(record: TrialRecord) -> dict:
     return {PARAM_PREFIX + k: v for k, v in record.params.items()}
 
@@ -237,6 +247,33 @@ def save_spec(folder: Path, spec) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve())}
     (folder / SPEC_FILE).write_text(json.dumps(values, indent=1, default=list))
+
+
+MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed
+SEED_PARAMETER = PARAM_PREFIX + "seed"
+
+
+def label_models(frame: pd.DataFrame) -> pd.Series:
+    """A group label per row: the preset if the study varied presets, else its parameters without the seed."""
+    if PARAM_PREFIX + "preset" in frame:
+        return frame[PARAM_PREFIX + "preset"].astype(str)
+    columns = [c for c in frame.columns if c.startswith(PARAM_PREFIX) and c != SEED_PARAMETER]
+    if not columns:
+        return frame["trial_id"].astype(str)
+    return frame[columns].apply(
+        lambda row: ", ".join(f"{c[len(PARAM_PREFIX):]}={_short(v)}" for c, v in row.items()), axis=1)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def with_models(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the MODEL column added (if missing)."""
+    frame = frame.copy()
+    if MODEL not in frame:
+        frame[MODEL] = label_models(frame)
+    return frame
 
 
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "checkpoint")

@@ -287,7 +287,7 @@ def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False)
 
 
 def summarise(trials, spec, results_dir: Path) -> None:
-    from study.results import best_trial, resolve_path
+    from study.results import BEST_PREFIX, best_trial, resolve_path, trial_params
 
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -296,10 +296,10 @@ def summarise(trials, spec, results_dir: Path) -> None:
     except ValueError as error:
         print(f"no best trial: {error}")
         return
-    params = {k[len("param_"):]: best[k] for k in best.index if k.startswith("param_")}
+    params = trial_params(best)
     print(f"best trial {best['trial_id']} (epoch {best['best_epoch']:.0f}): " +
           ", ".join(f"{k}={v}" for k, v in params.items()))
-    print("  " + ", ".join(f"{m}={best['best_' + m]:.4g}" for m in
+    print("  " + ", ".join(f"{m}={best[BEST_PREFIX + m]:.4g}" for m in
                            ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")))
     print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")

@@ -1,6 +1,9 @@
 """Shared fixtures: a session-wide classifier cache and one tiny trained run reused by several tests."""
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,28 @@ def tiny_run(tiny_config, tmp_path_factory):
     reports = []
     result = train(tiny_config, report=reports.append, checkpoint_dir=folder / "checkpoints")
     return reports, result, Path(result["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def tiny_fixed() -> str:
+    """A study file's `fixed:` for tiny real trials: a few hundred embedded digits, a narrow network."""
+    return "{dataset: mnist-5k, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}"
+
+
+@pytest.fixture(scope="session")
+def study_cli():
+    """Run `python study/run.py ARGS --results-dir RESULTS` from the checkout; returns the CompletedProcess."""
+    def run(*args, results, timeout=600, **kwargs):
+        return subprocess.run([sys.executable, "study/run.py", *map(str, args), "--results-dir", str(results)],
+                              cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return run
+
+
+@pytest.fixture(scope="session")
+def write_space():
+    """Write a study file FOLDER/NAME.yaml from an indented YAML body; returns its path."""
+    def write(folder, name, body):
+        path = folder / f"{name}.yaml"
+        path.write_text(textwrap.dedent(body))
+        return path
+    return write

@@ -9,18 +9,17 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.test_study import TINY, study_cli, write_space
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory):
+def studies(tmp_path_factory, study_cli, write_space, tiny_fixed):
     """(models folder, grey folder): real Ray + Optuna + TF studies, one epoch or two on a few hundred digits."""
     root = tmp_path_factory.mktemp("studies")
     models = write_space(root, "tiny_models", f"""
         name: tiny_models
-        fixed: {TINY}
+        fixed: {tiny_fixed}
         parameters:
           preset: {{values: [model_1, model_2]}}
         search: {{algorithm: grid, repeats: 2, max_concurrent: 2}}
@@ -29,7 +28,7 @@ def studies(tmp_path_factory):
     grey = write_space(root, "tiny_grey", f"""
         name: tiny_grey
         base: model_4
-        fixed: {TINY}
+        fixed: {tiny_fixed}
         parameters:
           grey_weight: {{distribution: log_uniform, low: 0.1, high: 3.0}}
           warmup_epochs: {{distribution: int, low: 0, high: 1}}

@@ -18,7 +18,7 @@ def run_cli(*args):
 
 
 def test_grid_has_a_row_per_digit_and_a_column_per_thickness(tiny_run, tmp_path):
-    from cvae.sample import draw_grid, load_generator
+    from cvae.drawing import draw_grid, load_generator
 
     _, _, checkpoint = tiny_run
     _, decoder, _, _ = load_generator(checkpoint)
@@ -33,7 +33,14 @@ def test_cli_writes_grid_png(tiny_run, tmp_path):
     out = tmp_path / "grid.png"
     result = run_cli(checkpoint, "--out", out, "--thickness", "0", "0.5", "1", "--scale", "1")
     assert result.returncode == 0, result.stderr
-    assert Image.open(out).size == (3 * 30 + 2, 10 * 30 + 2)
+    picture = np.asarray(Image.open(out))
+    left, top = picture.shape[1] - (3 * 30 + 2), picture.shape[0] - (10 * 30 + 2)  # the label margins
+    assert left > 5 and top > 5
+    for row in range(10):  # a label (white text) beside every row, above every column
+        band = picture[top + 2 + row * 30: top + 30 + row * 30, :left]
+        assert (band > 200).any(), row
+    for column in range(3):
+        assert (picture[:top, left + 2 + column * 30: left + 30 + column * 30] > 200).any(), column
 
 
 def test_cli_redraws_a_white_background_photo(tiny_run, tmp_path):
@@ -47,11 +54,14 @@ def test_cli_redraws_a_white_background_photo(tiny_run, tmp_path):
     result = run_cli(checkpoint, "--style", tmp_path / "mine.jpg", "--out", out, "--scale", "1")
     assert result.returncode == 0, result.stderr
     assert "read as a 5" in result.stdout  # 2600 is a 5 in the sample (500 per class, sorted)
-    assert Image.open(out).size == (11 * 30 + 2, 32)
+    width, height = Image.open(out).size
+    assert width > 11 * 30 + 2 and height > 32  # one row of 11 cells, with labels
+    picture = np.asarray(Image.open(out))
+    assert (picture[: height - 32, width - 10 * 30:] > 200).any()  # digits named above the columns
 
 
 def test_reading_a_photo_inverts_and_centres():
-    from cvae.sample import read_digit_image
+    from cvae.drawing import read_digit_image
 
     canvas = np.full((90, 60), 255, np.uint8)
     canvas[10:40, 5:15] = 0  # a dark bar near the corner of white paper
