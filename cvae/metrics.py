@@ -16,10 +16,12 @@ class Metric:
     name: str
     mode: str  # "min" or "max": which direction is better
     description: str
+    low: float = 0.0  # the values the metric can take; figures clip error bars to them
+    high: float = float("inf")
 
 
 _METRICS = [
-    Metric("loss", "min", "training loss (reconstruction + KL + weighted grey + L2), epoch mean"),
+    Metric("loss", "min", "training loss (reconstruction + KL + weighted grey + L2), epoch mean"),  # >= 0
     Metric("reconstruction", "min", "training sum of squared pixel errors per image"),
     Metric("kl", "min", "training KL divergence per image"),
     Metric("grey", "min", "training grey term per image (before weighting)"),
@@ -27,14 +29,14 @@ _METRICS = [
     Metric("val_reconstruction", "min", "held-out sum of squared pixel errors per image"),
     Metric("val_kl", "min", "held-out KL divergence per image"),
     Metric("val_grey", "min", "held-out grey term per image"),
-    Metric("class_accuracy", "max", "share of generated samples classified as the requested class"),
+    Metric("class_accuracy", "max", "share of generated samples classified as the requested class", 0, 1),
     Metric("fid", "min", "Frechet distance of classifier features, generated vs real held-out"),
-    Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)"),
-    Metric("thickness_mae", "min", "mean abs. error of requested vs measured thickness (sweep)"),
+    Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)", -1, 1),
+    Metric("thickness_mae", "min", "mean abs. error of requested vs measured thickness (sweep)", 0, 2),
     Metric("class_parity", "min", "mean abs. difference of per-class relative stroke width, generated vs real"),
-    Metric("grey_fraction", "min", "share of ink pixels (>0.1) that are grey (0.1-0.9)"),
+    Metric("grey_fraction", "min", "share of ink pixels (>0.1) that are grey (0.1-0.9)", 0, 1),
     Metric("ink_w1", "min", "Wasserstein-1 distance of ink intensities, generated vs real"),
-    Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02"),
+    Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02", 0, 1),
 ]
 METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS}
 TRAIN_METRICS = ("loss", "reconstruction", "kl", "grey")

@@ -12,7 +12,8 @@ import seaborn as sns
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, SAMPLE_METRICS
 from study import results
-from study.results import MODEL, SEED_PARAMETER, label_models, param_column, with_models  # noqa: F401 (notebook)
+from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
+                           with_models)
 
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
@@ -23,6 +24,13 @@ GREY_METRICS = ("fid", "grey_fraction", "collapse_rate")
 
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def clipped_band(mean: pd.Series, spread: pd.Series, metric: str) -> tuple[pd.Series, pd.Series]:
+    """mean ± spread, clipped to the values the metric can take (a rate's error bar never goes below 0)."""
+    spec = METRICS.get(metric)
+    low, high = (spec.low, spec.high) if spec else (-np.inf, np.inf)
+    return (mean - spread).clip(lower=low), (mean + spread).clip(upper=high)
 
 
 def _direction(metric: str) -> str:
@@ -69,7 +77,10 @@ def plot_model_metrics(trials: pd.DataFrame, metrics=SAMPLE_METRICS) -> plt.Figu
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
     order = sorted(frame[MODEL].unique())
     for axis, metric in zip(axes.flat, metrics):
-        sns.pointplot(data=frame, x=MODEL, y=metric, order=order, errorbar="sd", linestyle="none", capsize=0.2, ax=axis)
+        stats = frame.groupby(MODEL)[metric].agg(["mean", "std"]).reindex(order)
+        low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
+        axis.errorbar(range(len(order)), stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
+                      fmt="o", capsize=4, color="tab:blue", zorder=3)
         sns.stripplot(data=frame, x=MODEL, y=metric, order=order, color="0.6", size=3, ax=axis)
         axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
         axis.set_xlabel("")
@@ -89,9 +100,15 @@ def plot_epoch_curves(epochs: pd.DataFrame, metrics=CURVE_METRICS) -> plt.Figure
     columns = 4
     rows = math.ceil(len(metrics) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.0 * rows), squeeze=False)
+    models = sorted(frame[MODEL].unique())
+    colours = dict(zip(models, sns.color_palette(n_colors=len(models))))
     for axis, metric in zip(axes.flat, metrics):
-        sns.lineplot(data=frame, x="epoch", y=metric, hue=MODEL, hue_order=sorted(frame[MODEL].unique()),
-                     errorbar="sd", ax=axis, legend=axis is axes.flat[0])
+        sns.lineplot(data=frame, x="epoch", y=metric, hue=MODEL, hue_order=models, palette=colours,
+                     errorbar=None, ax=axis, legend=axis is axes.flat[0])
+        for model, group in frame.groupby(MODEL):  # the band: std over seeds, inside the metric's range
+            stats = group.groupby("epoch")[metric].agg(["mean", "std"])
+            low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
+            axis.fill_between(stats.index, low, high, color=colours[model], alpha=0.2, linewidth=0)
         axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
         axis.set_ylabel("")
     for axis in list(axes.flat)[len(metrics):]:
@@ -184,8 +201,10 @@ def _searched(spec: dict) -> list[str]:
 
 
 def plot_objective_history(trials: pd.DataFrame, spec: dict) -> plt.Figure:
-    """Each objective at every trial's last epoch in trial order, with the best so far."""
+    """Each objective at every trial's last epoch in the order the trials started, with the best so far."""
     objectives = _objective(spec)
+    if STARTED_AT in trials and trials[STARTED_AT].notna().all():  # tables of old studies lack it: row order
+        trials = trials.sort_values(STARTED_AT, kind="stable")
     figure, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.6), squeeze=False)
     order = np.arange(1, len(trials) + 1)
     for axis, (metric, mode) in zip(axes.flat, objectives):
@@ -260,19 +279,38 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
             values = np.log(values) if log and (values > 0).all() else values
             span = values.max() - values.min()
             scaled[name] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
-    figure, axis = plt.subplots(figsize=(1.8 * len(names) + 2, 4))
+    figure, axis = plt.subplots(figsize=(2.2 * len(names) + 2, 4.4))
     values = frame[metric].astype(float)
     norm = plt.Normalize(values.min(), values.max())
     cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
     for position in range(len(frame)):
         axis.plot(range(len(names)), [scaled[n].iloc[position] for n in names],
                   color=cmap(norm(values.iloc[position])), alpha=0.8)
+    axis.vlines(range(len(names)), 0, 1, color="0.3", linewidth=0.8)
+    for index, name in enumerate(names):  # each axis labelled in its own units (categories by name)
+        for where, label in axis_labels(frame[param_column(name)], scaled[name]):
+            axis.text(index + 0.03, where, label, fontsize=7, va="center", ha="left",
+                      bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
     axis.set_xticks(range(len(names)), names)
-    axis.set_yticks([0, 1], ["low", "high"])
+    axis.set_yticks([])
+    axis.set_xlim(-0.2, len(names) - 0.4)
     figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label=f"{metric} (last epoch)")
     axis.set_title("Parallel coordinates (log-scaled where searched on a log scale)")
     figure.tight_layout()
     return figure
+
+
+def axis_labels(column: pd.Series, scaled: pd.Series) -> list[tuple[float, str]]:
+    """(height, text) marks for one parallel-coordinates axis: every category, or the smallest, middle and
+    largest value of a number (the middle one in the axis's own scale, log where the search was)."""
+    if not pd.api.types.is_numeric_dtype(column):
+        return sorted({(float(s), str(v)) for v, s in zip(column, scaled)})
+    pairs = sorted(zip(scaled.astype(float), column.astype(float)))
+    if not pairs:
+        return []
+    middle = min(pairs, key=lambda pair: abs(pair[0] - 0.5))
+    chosen = {pairs[0], middle, pairs[-1]}
+    return [(height, f"{value:.3g}") for height, value in sorted(chosen)]
 
 
 def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:

@@ -17,6 +17,7 @@ from cvae.metrics import METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNN
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
 BEST_PREFIX, PARAM_PREFIX = "best_", "param_"
+STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
 ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
 # A trial's status in trials.csv. Epoch rows carry cvae.train's own (running / completed / diverged); the
 # study adds what only it knows. Nothing else is ever written, and nothing is relabelled.
@@ -41,6 +42,7 @@ class TrialRecord:
     pruned: bool = False  # the scheduler decided to stop it (Tune marks the result that carried the decision)
     interrupted: bool = False  # it was running when the driver stopped
     planned_epochs: int | None = None
+    started_at: float | None = None  # unix time Tune first started it (kept across resumes): the start order
 
 
 def trial_status(record: TrialRecord) -> str:
@@ -92,6 +94,7 @@ def trial_row(record: TrialRecord, objective: str, mode: str) -> dict:
     last = record.rows[-1] if record.rows else {}
     summary = {
         "trial_id": record.trial_id, **_param_columns(record), "status": trial_status(record),
+        STARTED_AT: record.started_at,
         "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
         "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
         "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
@@ -221,7 +224,8 @@ def load_records(folder: Path) -> list[TrialRecord]:
             error=trial[ERROR_KEY] if isinstance(trial.get(ERROR_KEY), str) else None,
             checkpoint=trial["checkpoint"] if isinstance(trial.get("checkpoint"), str) else None,
             pruned=trial["status"] == STATUS_PRUNED, interrupted=trial["status"] == STATUS_INTERRUPTED,
-            planned_epochs=_plain(trial.get("epochs_planned"))))
+            planned_epochs=_plain(trial.get("epochs_planned")),
+            started_at=None if _missing(trial.get(STARTED_AT)) else float(trial[STARTED_AT])))
     return records
 
 

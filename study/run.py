@@ -52,6 +52,9 @@ def parse_args(argv, prog: str = "python study/run.py"):
                         "(readable by optuna-dashboard and the optuna CLI)")
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="parent of results/<name> (default results/)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    parser.add_argument("--mlflow", metavar="URI", help="also log every trial as an MLflow run (params, per-epoch "
+                        "metrics, status, chosen checkpoint) in this tracking store, e.g. sqlite:///mlflow.db; "
+                        "needs pip install -e '.[mlflow]'")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's and TensorFlow's own start-up, checkpoint and progress lines")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
@@ -99,6 +102,11 @@ def prepare(args):
             fail(f"--storage {args.storage}: cannot open the database ({str(error).splitlines()[0][:160]})")
     if args.address:
         check_address(args.address)
+    if args.mlflow:
+        from study.tracking import check_mlflow
+
+        if reason := check_mlflow(args.mlflow):
+            fail(reason)
     results_dir = writable_folder(Path(args.results_dir), "--results-dir") / spec.name
     storage_path = str(results_dir / "tune")
     if args.storage_path:
@@ -350,7 +358,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
         probe_cluster(args.address)
 
     from study.results import STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
-    from study.tuner import build_tuner, finish_records, restore_tuner
+    from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
     if not args.resume:
         save_spec(results_dir, spec)  # written once: the record of what this study is
@@ -367,11 +375,21 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
     started = time.time()
-    tuner = restore_tuner(spec, experiment) if args.resume else build_tuner(spec, storage_path, results_dir, args.storage,
-                                                                                     args.reuse_actors)
+    trackers = ()
+    if args.mlflow:
+        from study.tracking import MlflowTracker
+
+        trackers = (MlflowTracker(args.mlflow, spec.name),)
+    if args.resume:
+        tuner = restore_tuner(spec, experiment, results_dir, trackers)
+    else:
+        tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers)
     grid = tuner.fit()
     records = finish_records(grid, spec, load_records(results_dir))
     trials, _ = write_tables(results_dir, records, spec.metrics, spec.modes)
+    remove_orphan_folders(experiment, set(trials["trial_id"]) if len(trials) else set())
+    for tracker in trackers:
+        tracker.finish(records, results_dir)
     note = incomplete_note(trials, spec.to_dict(), args.space)
     if note:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
         print(f"stopped after {time.time() - started:.0f} s; {note}", flush=True)

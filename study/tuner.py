@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -136,7 +137,9 @@ class StudyProgress(tune.Callback):
             self.last_write = time.time()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._record(trial)
+        record = self._record(trial)
+        if record.started_at is None:  # a resumed trial keeps its first start: the history's order
+            record.started_at = time.time()
         self._line(trial, "started")
         self._write(force=True)  # the trial exists on disk before anything else happens to it
 
@@ -250,8 +253,8 @@ def _short(value) -> str:
 
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
-                reuse_actors: bool = True) -> tune.Tuner:
-    """A fresh Tuner for the study, with the live-progress callback attached."""
+                reuse_actors: bool = True, trackers: tuple = ()) -> tune.Tuner:
+    """A fresh Tuner for the study, with the live-progress callback (and any trackers, e.g. MLflow) attached."""
     progress = StudyProgress(spec, results_dir)
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, optuna_storage)
@@ -268,19 +271,21 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
             # before it starts and the ConcurrencyLimiter never frees its slot (the study hangs).
             reuse_actors=reuse_actors and spec.scheduler != "asha",
         ),
-        run_config=run_config(spec, storage_path, progress),
+        run_config=run_config(spec, storage_path, [progress, *trackers]),
     )
     return tuner
 
 
-def run_config(spec, storage_path: str, progress: StudyProgress) -> tune.RunConfig:
+def run_config(spec, storage_path: str, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_path,
-        callbacks=[progress],
+        callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=2,  # the best epoch by the objective plus the newest (needed to resume)
+            # The best epoch by the objective; Tune keeps the newest as well (needed to resume). One also makes
+            # every checkpoint push the experiment state to the storage folder at once (a resume sees it).
+            num_to_keep=1,
             checkpoint_score_attribute=spec.metrics[0],
             checkpoint_score_order=spec.modes[0],
         ),
@@ -288,15 +293,22 @@ def run_config(spec, storage_path: str, progress: StudyProgress) -> tune.RunConf
     )
 
 
-def restore_tuner(spec, experiment_path: str) -> tune.Tuner:
+def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple = ()) -> tune.Tuner:
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from checkpoints.
 
-    The searcher's state and the progress callback come back from the experiment folder.
+    The searcher's state comes back from the experiment folder; the callbacks are this run's (a tracker given
+    only now, e.g. --mlflow, takes part too). Tuner.restore takes no callbacks, so they are set on the
+    restored run configuration (Ray 2.60: Tuner._local_tuner._run_config).
     """
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         experiment_path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True,
         param_space=param_space(spec) or None,
     )
+    restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if restored is None:
+        raise RuntimeError("this Ray version keeps the restored run configuration elsewhere; see restore_tuner")
+    restored.callbacks = [StudyProgress(spec, results_dir), *trackers]
+    return tuner
 
 
 def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
@@ -307,8 +319,10 @@ def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
     on a new node starts at its checkpoint, and a scheduler's decision to prune is not in it.
     """
     by_id = {record.trial_id: record for record in records}
+    known = set()
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        known.add(trial_id)
         record = by_id.get(trial_id)
         if record is None:  # never reported (e.g. failed at once): Tune is all we have
             params = dict(result.config or {})
@@ -322,6 +336,26 @@ def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
         chosen = chosen or result.checkpoint
         if chosen is not None:
             record.checkpoint = chosen.path
-    for record in by_id.values():
+    # A trial started in the moment before a driver was killed, before Tune's experiment state reached the
+    # storage folder, is unknown to the resumed Tune, which starts its configuration afresh. Such a trial
+    # measured nothing (each epoch's checkpoint sends that state out at once), so its row goes.
+    kept = [record for record in by_id.values() if record.trial_id in known or record.rows]
+    for record in kept:
         record.interrupted = trial_status(record) in (STATUS_RUNNING, STATUS_PENDING)
-    return list(by_id.values())
+    return kept
+
+
+def remove_orphan_folders(experiment_path: str, trial_ids: set) -> list[str]:
+    """Delete Tune trial folders (run_trial_<id>_...) of trials the tables do not hold; returns their names.
+
+    Only such never-measured trials (see finish_records) leave them. Remote storage (a URI) is left alone.
+    """
+    if "://" in experiment_path or not Path(experiment_path).is_dir():
+        return []
+    removed = []
+    for folder in Path(experiment_path).glob("run_trial_*"):
+        parts = folder.name.split("_")
+        if folder.is_dir() and len(parts) > 2 and parts[2] not in trial_ids:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed

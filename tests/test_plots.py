@@ -171,6 +171,38 @@ def test_search_figures(grey_spec):
     assert effects.axes[3].get_ylabel() == "grey_fraction"
 
 
+def test_parallel_coordinates_label_every_axis_in_its_own_units(grey_spec):
+    trials, _ = search_tables()
+    figure = plots.plot_parallel_coordinates(trials, grey_spec)
+    texts = {text.get_text() for text in figure.axes[0].texts}
+    assert {"global", "per_class"} <= texts  # categories by name
+    for name in ("grey_weight", "latent_dim", "warmup_epochs"):
+        column = trials[f"param_{name}"].astype(float)
+        assert {f"{column.min():.3g}", f"{column.max():.3g}"} <= texts, name
+    assert "low" not in texts and "high" not in texts
+
+
+def test_history_follows_the_start_order_not_the_row_order(grey_spec):
+    trials, _ = search_tables()
+    trials["started_at"] = np.arange(len(trials), dtype=float)
+    shuffled = trials.sample(frac=1.0, random_state=3)  # as a resume may leave trials.csv
+    figure = plots.plot_objective_history(shuffled, grey_spec)
+    best_line = figure.axes[0].get_lines()[-1].get_ydata()
+    np.testing.assert_allclose(best_line, trials["fid"].cummin().to_numpy())
+
+
+def test_error_bars_stay_inside_each_metrics_range():
+    trials, epochs, _ = models_tables()
+    trials.loc[trials["param_preset"] == "model_1", "collapse_rate"] = [0.0, 0.0, 0.9]  # mean 0.3, std 0.52
+    figure = plots.plot_model_metrics(trials, metrics=("collapse_rate", "thickness_corr"))
+    segments = np.concatenate([collection.get_segments() for collection in figure.axes[0].containers[0].lines[2]])
+    assert segments[:, :, 1].min() == 0.0 and segments[:, :, 1].max() <= 1.0
+    epochs.loc[epochs["param_preset"] == "model_2", "collapse_rate"] = np.repeat([0.0, 0.0, 0.9], 3)  # per epoch
+    curves = plots.plot_epoch_curves(epochs, metrics=("collapse_rate",))
+    bands = [collection for collection in curves.axes[0].collections if collection.get_paths()]
+    assert bands and min(path.vertices[:, 1].min() for band in bands for path in band.get_paths()) >= 0.0
+
+
 def test_pareto_front_is_the_non_dominated_trials():
     trials = pd.DataFrame({"fid": [10, 20, 30, 15, np.nan], "grey_fraction": [0.5, 0.2, 0.1, 0.6, 0.0]})
     assert list(plots.pareto_mask(trials)) == [True, True, True, False, False]
