@@ -29,8 +29,11 @@ def check_mlflow(uri: str) -> str | None:
 
 
 def _client(uri: str):
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     return MlflowClient(tracking_uri=uri)
 
 

@@ -38,9 +38,9 @@ def listening_addresses(pid: int) -> set[str]:
 
 
 def test_smoke_study_end_to_end(tmp_path, study_cli):
-    database = f"sqlite:///{tmp_path}/optuna.db"
+    database, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     driver = subprocess.Popen([sys.executable, "study/run.py", "--space", "smoke.yaml", "--storage", database,
-                               "--results-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                               "--mlflow", tracking, "--results-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     addresses = set()
     while driver.poll() is None:  # Ray's servers and the trials' workers, sampled while the study runs
@@ -77,6 +77,22 @@ def test_smoke_study_end_to_end(tmp_path, study_cli):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0, sample.stderr
     assert Image.open(out).size[1] > 2 * 58 + 2  # two rows at scale 2, and the column labels above them
+
+    import mlflow  # every trial is an MLflow run with its params, per-epoch metrics, status and checkpoint
+
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["smoke"]).set_index("tags.cvae.trial_id").loc[trials["trial_id"]]
+    assert list(runs["status"]) == ["FINISHED"] * 2 and list(runs["tags.cvae.status"]) == ["completed"] * 2
+    np.testing.assert_allclose(runs["metrics.fid"].to_numpy(), trials["fid"].to_numpy())
+    assert list(runs["params.latent_dim"]) == [str(v) for v in trials["param_latent_dim"]]
+    assert all(str(tmp_path / "smoke" / "tune") in path for path in runs["tags.cvae.checkpoint"])
+
+    import tensorflow as tf  # Tune's TensorBoard event files: tensorboard --logdir results/<name>
+
+    events = sorted((tmp_path / "smoke" / "tune").rglob("events.out.tfevents.*"))
+    assert len(events) == 2
+    tags = {value.tag for event in tf.compat.v1.train.summary_iterator(str(events[0])) for value in event.summary.value}
+    assert {"ray/tune/fid", "ray/tune/loss", "ray/tune/class_accuracy"} <= tags
 
     again = study_cli("--space", "smoke.yaml", results=tmp_path, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites a finished study
