@@ -20,7 +20,7 @@ CACHE_FORMAT = 1  # bump when the architecture or training recipe changes, so ol
 
 
 def required_accuracy(num_images: int) -> float:
-    """DESIGN.md §2: >= 97 % on the embedded 5k set, >= 99 % on full-size datasets."""
+    """docs/design.md §2: >= 97 % on the embedded 5k set, >= 99 % on full-size datasets."""
     return 0.97 if num_images < 20000 else 0.99
 
 

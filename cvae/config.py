@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-DATASETS = ("mnist", "mnist-5k", "fashion-mnist")
+MNIST, MNIST_5K, FASHION_MNIST = "mnist", "mnist-5k", "fashion-mnist"  # dataset names, used everywhere
+DATASETS = (MNIST, MNIST_5K, FASHION_MNIST)
 CONDITION_MODES = ("global", "per_class")
 OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "linear")
 MAX_EPOCHS = 10_000  # far beyond any study here; bounds a typo's cost
@@ -18,10 +19,10 @@ MAX_TRAIN_SAMPLES = 10_000_000
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One training run. Defaults are the reference model of DESIGN.md §1 (preset model_4)."""
+    """One training run. Defaults are the reference model of docs/design.md §1 (preset model_4)."""
 
     # --- data ---
-    dataset: str = "mnist"  # full MNIST when reachable, else the embedded 5k sample (with a warning)
+    dataset: str = MNIST  # full MNIST when reachable, else the embedded 5k sample (with a warning)
     data_path: str = ""  # user's IDX .gz folder or mnist.npz; empty = keras cache / download / embedded
     max_train_samples: int = 0  # 0 = whole training split; smaller trades fidelity for speed
     validation_fraction: float = 0.1  # held-out share, stratified, identical for every trial
@@ -145,7 +146,7 @@ def _validate(config: TrialConfig) -> list[str]:
     return errors
 
 
-# The five reference experiments of DESIGN.md §1 (warmup_epochs + grey epochs = epochs).
+# The five reference experiments of docs/design.md §1 (warmup_epochs + grey epochs = epochs).
 PRESETS: dict[str, TrialConfig] = {
     "model_1": TrialConfig(condition_mode="global", epochs=8, grey_weight=0.0, warmup_epochs=0),
     "model_2": TrialConfig(condition_mode="per_class", epochs=8, grey_weight=0.0, warmup_epochs=0),
@@ -154,7 +155,7 @@ PRESETS: dict[str, TrialConfig] = {
     "model_5": TrialConfig(condition_mode="per_class", epochs=41, grey_weight=0.32, warmup_epochs=1),
 }
 
-# Final train loss each reference experiment reported on 60k MNIST (DESIGN.md §1), for comparison tables.
+# Final train loss each reference experiment reported on 60k MNIST (docs/design.md §1), for comparison tables.
 REPORTED_TRAIN_LOSS = {"model_1": 24.85, "model_2": 24.19, "model_3": 22.53, "model_4": 31.00, "model_5": 28.95}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae.config import DATASETS, FASHION_MNIST, MNIST, MNIST_5K
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 CONDITION_DIM = NUM_CLASSES + 1
@@ -171,7 +172,7 @@ def download_keras(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Download through keras.datasets (needs a network); raises on failure."""
     import keras  # lazy: importing TensorFlow takes seconds
 
-    loader = {"mnist": keras.datasets.mnist, "fashion-mnist": keras.datasets.fashion_mnist}[name]
+    loader = {MNIST: keras.datasets.mnist, FASHION_MNIST: keras.datasets.fashion_mnist}[name]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an offline machine should fail fast, not hang
     try:
@@ -233,7 +234,7 @@ def _touch(path: Path) -> None:
 
 
 def load_dataset(name: str, data_path: str = "") -> Dataset:
-    """Find a dataset following DESIGN.md §4's order and say which source was used.
+    """Find a dataset following docs/design.md §3's order and say which source was used.
 
     Args:
         name: "mnist", "mnist-5k" or "fashion-mnist".
@@ -243,24 +244,24 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
     Raises:
         DatasetError naming every place that was tried.
     """
-    if name == "mnist-5k":
+    if name == MNIST_5K:
         images, labels = read_embedded()
         return Dataset(images, labels, "embedded-mnist-5k", name)
-    if name not in ("mnist", "fashion-mnist"):
-        raise DatasetError(f"unknown dataset {name!r}; allowed: mnist, mnist-5k, fashion-mnist")
+    if name not in (MNIST, FASHION_MNIST):
+        raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if data_path:
         images, labels = read_user_path(data_path)
         # the folder's name only: results tables must not hold this machine's paths
         return Dataset(images, labels.astype(np.int64), f"user:{Path(data_path).name}", name)
 
     tried = []
-    cache_file = keras_cache_dir() / ("mnist.npz" if name == "mnist" else "fashion-mnist")
+    cache_file = keras_cache_dir() / ("mnist.npz" if name == MNIST else FASHION_MNIST)
     try:
-        images, labels = read_npz(cache_file) if name == "mnist" else read_idx_folder(cache_file)
+        images, labels = read_npz(cache_file) if name == MNIST else read_idx_folder(cache_file)
         return Dataset(images, labels.astype(np.int64), f"keras-cache:{cache_file.name}", name)
     except (OSError, DatasetError, ValueError) as error:
         tried.append(f"keras cache {cache_file} ({type(error).__name__})")
-    if name == "fashion-mnist":
+    if name == FASHION_MNIST:
         for folder in FASHION_MNIST_DIRS:
             try:
                 images, labels = read_idx_folder(folder)
@@ -283,7 +284,7 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
             _failed_downloads.add(name)
             _touch(marker)
             tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
-    if name == "mnist":
+    if name == MNIST:
         if os.environ.get(FALLBACK_NOTED_ENV) != "1":
             warnings.warn(
                 "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "
@@ -328,7 +329,7 @@ def stratified_subset(labels: np.ndarray, count: int, seed: int = SPLIT_SEED) ->
 
 
 def white_ratio(images: np.ndarray) -> np.ndarray:
-    """Mean pixel value per image (images in [0, 1]); the raw thickness measure of DESIGN.md §1."""
+    """Mean pixel value per image (images in [0, 1]); the raw thickness measure of docs/design.md §1."""
     return images.reshape(len(images), -1).mean(axis=1)
 
 

@@ -1,4 +1,4 @@
-"""The C-VAE loss terms of DESIGN.md §1, per image, and the grey-loss warm-up schedule."""
+"""The C-VAE loss terms of docs/design.md §1, per image, and the grey-loss warm-up schedule."""
 
 from keras import ops
 

@@ -1,4 +1,4 @@
-"""The metrics of DESIGN.md §2: one name each, defined here, computed on fixed held-out conditions and latents."""
+"""The metrics of docs/design.md §2: one name each, defined here, computed on fixed held-out conditions and latents."""
 
 from __future__ import annotations
 
@@ -255,7 +255,7 @@ def sweep_metrics(images: np.ndarray, evaluation: EvaluationSet) -> dict[str, fl
 
 
 def evaluate_decoder(decoder, evaluation: EvaluationSet, classifier) -> dict[str, float]:
-    """Every sample metric of DESIGN.md §2 for one decoder."""
+    """Every sample metric of docs/design.md §2 for one decoder."""
     samples = generate(decoder, evaluation.latents, evaluation.conditions)
     sweep = generate(decoder, evaluation.sweep_latents, evaluation.sweep_conditions)
     return {**image_metrics(samples, evaluation.labels, evaluation, classifier), **sweep_metrics(sweep, evaluation)}

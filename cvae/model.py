@@ -35,7 +35,7 @@ def _scaled(units: int, width: float) -> int:
 
 
 def build_encoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, seed=0) -> keras.Model:
-    """Image (28, 28, 1) + condition (11) -> [z_mean, z_log_var, z], as in DESIGN.md §1."""
+    """Image (28, 28, 1) + condition (11) -> [z_mean, z_log_var, z], as in docs/design.md §1."""
     image = keras.Input(shape=(*IMAGE_SHAPE, 1), name="image")
     condition = keras.Input(shape=(CONDITION_DIM,), name="condition")
     conv = dict(kernel_size=3, padding="same", activation="relu", kernel_regularizer=regularizers.L2(l2))
@@ -56,7 +56,7 @@ def build_encoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, seed=0) -> k
 
 
 def build_decoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, output_activation="relu", seed=0) -> keras.Model:
-    """Latent (latent_dim) + condition (11) -> image (28, 28, 1), as in DESIGN.md §1."""
+    """Latent (latent_dim) + condition (11) -> image (28, 28, 1), as in docs/design.md §1."""
     z = keras.Input(shape=(latent_dim,), name="z")
     condition = keras.Input(shape=(CONDITION_DIM,), name="condition")
     channels = _scaled(160, width)

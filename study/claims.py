@@ -1,4 +1,4 @@
-"""Verdicts on the claims (a)-(e) of DESIGN.md §1, each with the numbers behind it, from a study's tables."""
+"""Verdicts on the claims (a)-(e) of docs/design.md §1, each with the numbers behind it, from a study's tables."""
 
 from __future__ import annotations
 

@@ -226,6 +226,7 @@ def parameter_importance(trials: pd.DataFrame, spec: dict) -> pd.Series:
 
     from study.space import StudySpec
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # an in-memory study per call: no "study created" lines
     distributions = StudySpec.from_dict(spec).optuna_distributions()
     metric, mode = _objective(spec)[0]
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")

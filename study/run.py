@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 
 from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, fail
+from cvae.config import MNIST
 from study.space import SpecError, check_name, load_spec  # light: no Ray, no TensorFlow
 
 # Uploaded to cluster nodes with the code: everything but outputs and history.
@@ -181,7 +182,7 @@ def check_data(spec) -> None:
     from cvae.data import DatasetError, load_dataset
 
     config = spec.trial_config({})
-    if not config.data_path and config.dataset == "mnist":
+    if not config.data_path and config.dataset == MNIST:
         return  # the lookup order ends at the embedded sample, which check_download reports on
     try:
         load_dataset(config.dataset, config.data_path)
@@ -220,7 +221,7 @@ def check_download(spec) -> dict:
     from cvae.data import FALLBACK_NOTED_ENV, OFFLINE_ENV, keras_cache_dir, load_dataset
 
     config = spec.trial_config({})
-    if config.dataset != "mnist" or config.data_path or (keras_cache_dir() / "mnist.npz").exists():
+    if config.dataset != MNIST or config.data_path or (keras_cache_dir() / "mnist.npz").exists():
         return {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

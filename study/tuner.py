@@ -22,6 +22,7 @@ from study.space import open_storage
 from study.trainable import run_trial
 
 TIME_ATTR = "epoch"
+TRIAL_FOLDER_PREFIX = "run_trial_"  # Tune names a trial's folder run_trial_<trial id>_<params>_<time>
 KEY_PARAMS_SHOWN = 4
 TRIALS_WRITE_S = 2.0  # trials.csv is a summary of epochs.csv (the log), so it may lag by this much
 STATUS_EVERY_S, STATUS_MIN_GAP_S = 60.0, 10.0  # how often the study's own progress line is printed
@@ -353,9 +354,9 @@ def remove_orphan_folders(experiment_path: str, trial_ids: set) -> list[str]:
     if "://" in experiment_path or not Path(experiment_path).is_dir():
         return []
     removed = []
-    for folder in Path(experiment_path).glob("run_trial_*"):
-        parts = folder.name.split("_")
-        if folder.is_dir() and len(parts) > 2 and parts[2] not in trial_ids:
+    prefixes = tuple(f"{TRIAL_FOLDER_PREFIX}{trial_id}_" for trial_id in trial_ids)  # ids may hold "_" (grids)
+    for folder in Path(experiment_path).glob(TRIAL_FOLDER_PREFIX + "*"):
+        if folder.is_dir() and not folder.name.startswith(prefixes):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed

@@ -2,7 +2,7 @@ import pytest
 
 from cvae.config import PRESETS, REPORTED_TRAIN_LOSS, TrialConfig, preset
 
-# DESIGN.md §1's table: (condition_mode, epochs, grey_weight, warmup_epochs)
+# docs/design.md §1's table: (condition_mode, epochs, grey_weight, warmup_epochs)
 DESIGN_TABLE = {
     "model_1": ("global", 8, 0.0, 0),
     "model_2": ("per_class", 8, 0.0, 0),

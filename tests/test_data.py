@@ -14,7 +14,7 @@ def test_embedded_sample_is_real_mnist():
     assert dataset.images.shape == (5000, 28, 28) and dataset.images.dtype == np.uint8
     assert np.bincount(dataset.labels).tolist() == [500] * 10
     ratios = data.white_ratio(dataset.images / 255.0)
-    # DESIGN.md §2: white_ratio 0.131 +- 0.042, digit 1 about 0.077
+    # docs/design.md §2: white_ratio 0.131 +- 0.042, digit 1 about 0.077
     assert abs(ratios.mean() - 0.131) < 0.005 and abs(ratios.std() - 0.042) < 0.005
     assert abs(ratios[dataset.labels == 1].mean() - 0.077) < 0.005
 

@@ -26,7 +26,7 @@ def test_collapse_rate_and_sharpness_extremes(halves):
     blank = np.zeros_like(real)
     assert metrics.collapse_rate(blank) == 1.0
     assert metrics.collapse_rate(real) == 0.0
-    assert 0.3 < metrics.grey_fraction(real) < 0.7  # DESIGN.md: about half of real ink pixels are grey
+    assert 0.3 < metrics.grey_fraction(real) < 0.7  # docs/design.md: about half of real ink pixels are grey
     assert metrics.grey_fraction((real > 0.5).astype(np.float32)) == 0.0
     assert metrics.ink_w1(real, real) == 0.0 and metrics.ink_w1(blank, real) == 1.0
 
