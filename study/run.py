@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 
 from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, fail
-from cvae.config import MNIST
-from study.space import SpecError, check_name, load_spec  # light: no Ray, no TensorFlow
+from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES, MNIST
+from study.space import MAX_CONCURRENT, MAX_TRIALS, SpecError, check_name, load_spec  # light: no Ray, no TF
 
 # Uploaded to cluster nodes with the code: everything but outputs and history.
 RUNTIME_EXCLUDES = [".git", "results", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -64,10 +64,11 @@ def parse_args(argv, prog: str = "python study/run.py"):
     return parser.parse_args(argv)
 
 
-MAX_FLAG = {"num_samples": 10_000, "max_epochs": 10_000, "max_concurrent": 1_024, "max_train_samples": 10_000_000}
+MAX_FLAG = {"num_samples": MAX_TRIALS, "max_epochs": MAX_EPOCHS, "max_concurrent": MAX_CONCURRENT,
+            "max_train_samples": MAX_TRAIN_SAMPLES}
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
-CONNECT_TIMEOUT_S = 5.0
-EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")  # an --address that does not answer within this is refused before ray.init waits on it
+CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")  # the line of a traceback that names the cause
 
 
 def prepare(args):

@@ -151,7 +151,9 @@ class StudyProgress(tune.Callback):
             record.error = str(row.get(ERROR_KEY) or "error")
             self._write(force=True)
             return
-        record.rows = [r for r in record.rows if r.get("epoch") != row.get("epoch")] + [row]
+        # an epoch re-run after a resume replaces its earlier report; rows stay in epoch order
+        record.rows = sorted([r for r in record.rows if r.get("epoch") != row.get("epoch")] + [row],
+                             key=lambda r: r.get("epoch") or 0)
         # Tune sets done on the result that carried the scheduler's STOP; the trainable never sets it.
         if result.get("done") and row.get("status") == STATUS_RUNNING:
             record.pruned = True
