@@ -18,7 +18,12 @@ from cvae.train import train
 from study.results import ERROR_KEY, STATUS_ERROR
 
 
-STARTUP_LOG = "tensorflow_startup.log"  # in the trial's folder (Tune runs each trial there)
+STARTUP_LOG = "tensorflow_startup.log"  # in the trial's folder under tune/ (its working folder on remote storage)
+
+
+def startup_log() -> str:
+    trial_dir = tune.get_context().get_trial_dir()
+    return os.path.join(trial_dir, STARTUP_LOG) if trial_dir and os.path.isdir(trial_dir) else STARTUP_LOG
 
 
 def limit_threads(cpus: float) -> float:
@@ -28,7 +33,7 @@ def limit_threads(cpus: float) -> float:
         Seconds spent importing TensorFlow (0 in a reused worker).
     """
     started = time.perf_counter()
-    with native_stderr_to(STARTUP_LOG):  # device probing happens here too, not only at import
+    with native_stderr_to(startup_log()):  # device probing happens here too, not only at import
         import tensorflow as tf
 
         imported = time.perf_counter() - started

@@ -89,6 +89,7 @@ def test_smoke_study_end_to_end(tmp_path, study_cli):
 
     import tensorflow as tf  # Tune's TensorBoard event files: tensorboard --logdir results/<name>
 
+    assert len(list((tmp_path / "smoke" / "tune").rglob("tensorflow_startup.log"))) == 2  # the noise, kept aside
     events = sorted((tmp_path / "smoke" / "tune").rglob("events.out.tfevents.*"))
     assert len(events) == 2
     tags = {value.tag for event in tf.compat.v1.train.summary_iterator(str(events[0])) for value in event.summary.value}
