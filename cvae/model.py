@@ -8,8 +8,9 @@ from keras import layers, ops, regularizers
 
 from cvae.data import CONDITION_DIM, IMAGE_SHAPE
 from cvae.losses import grey_loss, kl_loss, reconstruction_loss
+from cvae.metrics import TRAIN_METRICS
 
-LOSS_TERMS = ("loss", "reconstruction", "kl", "grey")
+LOSS_TERMS = TRAIN_METRICS  # the tracked loss terms are the reported training metrics (named in cvae.metrics)
 
 
 @keras.saving.register_keras_serializable(package="cvae")
