@@ -217,7 +217,9 @@ def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame, excluded: str = "
     rows = epochs[epochs["trial_id"].isin(long_runs)].sort_values("epoch")
     if rows["trial_id"].nunique() < 3:
         return Verdict("d", "not tested", "fewer than 3 trials ran 4 or more epochs")
-    first, last = rows.groupby("trial_id").first(), rows.groupby("trial_id").last()
+    # the first and last epochs themselves (groupby().first() would take each column's first non-missing value)
+    first = rows.drop_duplicates("trial_id", keep="first").set_index("trial_id")
+    last = rows.drop_duplicates("trial_id", keep="last").set_index("trial_id")
     outcomes, texts = [], []
     for metric in ("fid", "class_accuracy"):
         delta = (last[metric] - first[metric]).dropna()
@@ -244,8 +246,11 @@ def _collapse(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:
         return Verdict("e", "not tested", "no trial applied the grey loss from epoch 1")
     collapsed = (from_start["worst_collapse"] >= COLLAPSED).sum()
     collapsed_later = (later["worst_collapse"] >= COLLAPSED).sum()
+    weights = ""
+    if param_column("grey_weight") in from_start:  # searched; otherwise every trial used the study's one weight
+        searched = from_start[param_column("grey_weight")].astype(float)
+        weights = f", grey weights {searched.min():.3g}–{searched.max():.3g}"
     evidence = (f"{collapsed}/{len(from_start)} trials with grey from epoch 1 collapsed (collapse_rate ≥ {COLLAPSED} "
-                f"at some epoch; worst {from_start['worst_collapse'].max():.3f}, grey weights "
-                f"{from_start[param_column('grey_weight')].min():.3g}–{from_start[param_column('grey_weight')].max():.3g}) vs "
+                f"at some epoch; worst {from_start['worst_collapse'].max():.3f}{weights}) vs "
                 f"{collapsed_later}/{len(later)} with a warm-up")
     return Verdict("e", "supported" if collapsed else "not supported (not reproduced here)", evidence)

@@ -253,3 +253,18 @@ def test_search_verdicts_follow_the_numbers():
         f"{((trials['param_warmup_epochs'] == 0) & (trials['param_grey_weight'] > 0.3)).sum()}/")
     calm = verdicts(judge_search(*search_tables(collapse_from_start=False)))
     assert calm["e"].verdict.startswith("not supported")
+
+
+def test_collapse_verdict_when_only_the_warm_up_was_searched():
+    trials, epochs = search_tables()
+    trials, epochs = trials.drop(columns="param_grey_weight"), epochs.drop(columns="param_grey_weight")
+    verdict = {v.claim: v for v in judge_search(trials, epochs, pd.DataFrame())}["e"]  # once a KeyError
+    assert verdict.verdict != "not tested" and "grey weights" not in verdict.evidence
+
+
+def test_more_epochs_compares_the_first_epoch_itself():
+    trials, epochs = search_tables()
+    first_epoch = epochs["epoch"] == 1
+    epochs.loc[first_epoch, "fid"] = np.nan  # unmeasured at epoch 1: no first-vs-last pair for any trial
+    verdict = {v.claim: v for v in judge_search(trials, epochs, pd.DataFrame())}["d"]
+    assert "fid improved from first to last epoch in 0/0 trials" in verdict.evidence
