@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -239,6 +240,7 @@ PROBE = ("import sys, ray\n"
          "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2] or None, logging_level='ERROR', "
          "log_to_driver=False)\nray.shutdown()\n")
 PROBE_TIMEOUT_S = 60
+AUTH_REFUSALS = ("InvalidAuthToken", "Unauthenticated", "no authentication token")  # in Ray's client output
 
 
 def probe_cluster(address: str) -> None:
@@ -249,18 +251,27 @@ def probe_cluster(address: str) -> None:
     console clean.
     """
     loopback = "127.0.0.1" if _is_loopback(address) else ""
+    child = subprocess.Popen([sys.executable, "-c", PROBE, address, loopback], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    timer = threading.Timer(PROBE_TIMEOUT_S, child.kill)  # a head that never answers must not hang the driver
+    timer.start()
+    output = []
     try:
-        result = subprocess.run([sys.executable, "-c", PROBE, address, loopback], capture_output=True, text=True,
-                                timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        fail(f"--address {address}: the Ray cluster did not accept a connection within {PROBE_TIMEOUT_S} s")
-    if result.returncode == 0:
+        for line in child.stdout:  # the first refusal names the cause: no need to wait for Ray's retries
+            output.append(line)
+            if any(word in line for word in AUTH_REFUSALS):
+                child.kill()
+                fail(f"--address {address}: the cluster requires its authentication token; set RAY_AUTH_TOKEN (or "
+                     "RAY_AUTH_TOKEN_PATH, a file holding it) to the head node's token (`ray get-auth-token` there)")
+        child.wait()
+    finally:
+        timer.cancel()
+        child.stdout.close()
+    if child.returncode == 0:
         return
-    output = result.stdout + result.stderr
-    if "InvalidAuthToken" in output or "Unauthenticated" in output or "no authentication token" in output:
-        fail(f"--address {address}: the cluster requires its authentication token; set RAY_AUTH_TOKEN (or "
-             "RAY_AUTH_TOKEN_PATH, a file holding it) to the head node's token (`ray get-auth-token` there)")
-    lines = [line for line in output.splitlines() if EXCEPTION_LINE.match(line.strip())]
+    if child.returncode < 0:  # killed by the timer
+        fail(f"--address {address}: the Ray cluster did not accept a connection within {PROBE_TIMEOUT_S} s")
+    lines = [line for line in output if EXCEPTION_LINE.match(line.strip())]
     fail(f"--address {address}: cannot join the Ray cluster ({(lines or ['no reason given'])[-1].strip()[:200]})")
 
 
