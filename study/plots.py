@@ -22,10 +22,6 @@ GREY_PARAMETERS = ("grey_weight", "grey_threshold", "warmup_epochs")
 GREY_METRICS = ("fid", "grey_fraction", "collapse_rate")
 
 
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def clipped_band(mean: pd.Series, spread: pd.Series, metric: str) -> tuple[pd.Series, pd.Series]:
     """mean ± spread, clipped to the values the metric can take (a rate's error bar never goes below 0)."""
     spec = METRICS.get(metric)

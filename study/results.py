@@ -74,7 +74,7 @@ def trial_params(row) -> dict:
 
 
 def _param_columns(record: TrialRecord) -> dict:
-    return {PARAM_PREFIX + k: v for k, v in record.params.items()}
+    return {param_column(name): value for name, value in record.params.items()}
 
 
 def epoch_row(record: TrialRecord, row: dict) -> dict:
@@ -105,13 +105,6 @@ def trial_row(record: TrialRecord, objective: str, mode: str) -> dict:
     summary["best_epoch"] = best_row["epoch"] if best_row else np.nan
     summary.update({BEST_PREFIX + name: (best_row or {}).get(name, np.nan) for name in METRICS})
     return summary
-
-
-def build_tables(records: list[TrialRecord], metrics: tuple[str, ...], modes: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) DataFrames; best-epoch metrics are chosen by the first objective metric."""
-    trials = [trial_row(record, metrics[0], modes[0]) for record in records]
-    epochs = [epoch_row(record, row) for record in records for row in record.rows]
-    return pd.DataFrame(trials), pd.DataFrame(epochs)
 
 
 def relative_path(folder: Path, path) -> str | None:
@@ -145,7 +138,7 @@ def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd.DataFrame:
-    """Rewrite trials.csv (one row per trial) atomically."""
+    """Rewrite trials.csv (one row per trial; best epoch by the first objective) atomically."""
     trials = _relocatable(pd.DataFrame([trial_row(record, metrics[0], modes[0]) for record in records]), folder)
     folder.mkdir(parents=True, exist_ok=True)
     _replace_atomically(trials, folder / TRIALS_FILE)
@@ -154,10 +147,8 @@ def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd
 
 def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
-    trials, epochs = build_tables(records, metrics, modes)
-    trials = _relocatable(trials, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(trials, folder / TRIALS_FILE)
+    trials = write_trials(folder, records, metrics, modes)
+    epochs = pd.DataFrame([epoch_row(record, row) for record in records for row in record.rows])
     _replace_atomically(epochs, folder / EPOCHS_FILE)
     return trials, epochs
 
@@ -218,7 +209,7 @@ def load_records(folder: Path) -> list[TrialRecord]:
     records = []
     for trial in trials.to_dict("records"):
         trial_id = str(trial["trial_id"])
-        params = {k[len(PARAM_PREFIX):]: _plain(v) for k, v in trial.items() if k.startswith(PARAM_PREFIX)}
+        params = {name: _plain(value) for name, value in trial_params(trial).items()}
         records.append(TrialRecord(
             trial_id, params, rows_by_trial.get(trial_id, []),
             error=trial[ERROR_KEY] if isinstance(trial.get(ERROR_KEY), str) else None,
@@ -259,8 +250,8 @@ SEED_PARAMETER = PARAM_PREFIX + "seed"
 
 def label_models(frame: pd.DataFrame) -> pd.Series:
     """A group label per row: the preset if the study varied presets, else its parameters without the seed."""
-    if PARAM_PREFIX + "preset" in frame:
-        return frame[PARAM_PREFIX + "preset"].astype(str)
+    if param_column("preset") in frame:
+        return frame[param_column("preset")].astype(str)
     columns = [c for c in frame.columns if c.startswith(PARAM_PREFIX) and c != SEED_PARAMETER]
     if not columns:
         return frame["trial_id"].astype(str)

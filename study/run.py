@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 
-from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, fail
+from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, error_cause, fail
 from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES, MNIST
 from study.space import MAX_CONCURRENT, MAX_TRIALS, SpecError, check_name, load_spec  # light: no Ray, no TF
 
@@ -69,7 +68,6 @@ MAX_FLAG = {"num_samples": MAX_TRIALS, "max_epochs": MAX_EPOCHS, "max_concurrent
             "max_train_samples": MAX_TRAIN_SAMPLES}
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
-EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")  # the line of a traceback that names the cause
 
 
 def prepare(args):
@@ -271,8 +269,7 @@ def probe_cluster(address: str) -> None:
         return
     if child.returncode < 0:  # killed by the timer
         fail(f"--address {address}: the Ray cluster did not accept a connection within {PROBE_TIMEOUT_S} s")
-    lines = [line for line in output if EXCEPTION_LINE.match(line.strip())]
-    fail(f"--address {address}: cannot join the Ray cluster ({(lines or ['no reason given'])[-1].strip()[:200]})")
+    fail(f"--address {address}: cannot join the Ray cluster ({error_cause(''.join(output), 'no reason given')})")
 
 
 def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False) -> None:

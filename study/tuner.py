@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from cvae.cli import error_cause
 from study.results import (BEST_PREFIX, ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
@@ -229,30 +229,21 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_ru
     return text + f"; ETA ~{remaining / 60:.0f} min" if remaining >= 60 else text + f"; ETA ~{remaining:.0f} s"
 
 
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)[\w]*)(: .*)?$")
-
-
-def error_message(trial) -> str:
-    """`ExceptionType: message` of a failed trial, from Tune's error file (no colour codes, no pid/ip noise)."""
-    text = ""
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text(errors="replace") if path else ""
-    except OSError:
-        pass
-    text = ANSI_CODES.sub("", text or str(getattr(trial, "error_msg", "") or ""))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if EXCEPTION_LINE.match(line):
-            return line[:300]
-    return (lines[-1] if lines else "unknown error (see the trial's error.txt under tune/)")[:300]
-
-
 def _short(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
+
+
+def error_message(trial) -> str:
+    """`ExceptionType: message` of a failed trial, from Tune's error file (no colour codes, no pid/ip noise)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    return error_cause(text or str(getattr(trial, "error_msg", "") or ""),
+                       "unknown error (see the trial's error.txt under tune/)")
 
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
@@ -331,7 +322,7 @@ def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
             params = dict(result.config or {})
             record = by_id[trial_id] = TrialRecord(trial_id, params, planned_epochs=planned_epochs(spec, params))
         if result.error and not record.error:
-            record.error = ANSI_CODES.sub("", str(result.error)).strip().splitlines()[-1][:300]
+            record.error = error_cause(str(result.error), type(result.error).__name__)
         try:
             chosen = result.get_best_checkpoint(spec.metrics[0], spec.modes[0])
         except (RuntimeError, ValueError, KeyError):  # no scored checkpoint (e.g. diverged at once)

@@ -38,3 +38,14 @@ def test_scripts_run_from_a_checkout_without_path_edits():
         assert "sys.path" not in (REPO / script).read_text()
         result = run(sys.executable, script, "--help")
         assert result.returncode == 0 and result.stdout.startswith(f"usage: python {script}"), result.stderr
+
+
+def test_error_cause_is_the_exception_line_without_colour_codes():
+    from cvae.cli import error_cause
+
+    traceback = ("\x1b[36mray::ImplicitFunc.train() (pid=12, ip=127.0.0.1)\x1b[0m\nTraceback (most recent call last):\n"
+                 '  File "x.py", line 1\nKeyError: \'a\'\nThe above exception was the direct cause\nValueError: bad data\n')
+    assert error_cause(traceback, "unknown") == "ValueError: bad data"
+    assert error_cause("no exception here\nlast line", "unknown") == "last line"
+    assert error_cause("", "unknown") == "unknown"
+    assert len(error_cause("ValueError: " + "x" * 1000, "")) == 300
