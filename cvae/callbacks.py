@@ -10,9 +10,10 @@ from pathlib import Path
 import keras
 
 from cvae.checkpoint import latest_checkpoint, save_checkpoint
+from cvae.data import evaluation_batches
 from cvae.losses import grey_weight_for_epoch
-from cvae.metrics import (CHECKPOINT_KEY, SAMPLE_METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
-                          TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder)
+from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, ELBO, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
+                          STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder)
 
 
 class EpochEnd(keras.callbacks.Callback):
@@ -50,22 +51,37 @@ class EpochEnd(keras.callbacks.Callback):
             self.report(reported)
 
     def measure(self, epoch: int, logs: dict) -> dict:
-        """The epoch's loss terms, timings and (unless the loss diverged) every sample metric."""
+        """The epoch's loss terms, timings and (unless the loss diverged) every sample metric; after the last
+        epoch also the test split's (every metric is in every report, NaN where not measured: schedulers,
+        searchers and the tables expect the same keys each time)."""
         run = self.run
-        metrics = {name: float(logs.get(name, math.nan)) for name in TRAIN_METRICS + VALIDATION_METRICS}
+        metrics = {name: math.nan for name in METRICS}
+        metrics.update({name: float(logs.get(name, math.nan)) for name in TRAIN_METRICS + VALIDATION_METRICS})
+        metrics[ELBO] = metrics["val_reconstruction"] + metrics["val_kl"]
         metrics.update(epoch=epoch, grey_weight=float(self.model.grey_weight.numpy()),
                        dataset_source=run.data.source, epoch_seconds=time.perf_counter() - self.started,
-                       train_seconds=self.train_seconds, setup_seconds=run.setup_seconds)
+                       train_seconds=self.train_seconds, setup_seconds=run.setup_seconds,
+                       **{CLASSIFIER_ACCURACY: run.classifier.accuracy})
         if not all(math.isfinite(metrics[name]) for name in TRAIN_METRICS):
             run.status = STATUS_DIVERGED
             self.model.stop_training = True
-            # Every metric is present in every report (schedulers and searchers expect the keys).
-            return {**metrics, **{name: math.nan for name in SAMPLE_METRICS}, "status": STATUS_DIVERGED}
+            return {**metrics, "status": STATUS_DIVERGED}
         evaluation_started = time.perf_counter()
         metrics.update(evaluate_decoder(self.model.decoder, run.evaluation, run.classifier))
         metrics["eval_seconds"] = time.perf_counter() - evaluation_started
-        metrics["status"] = STATUS_RUNNING if epoch < run.config.epochs else STATUS_COMPLETED
+        finished = epoch >= run.config.epochs
+        if finished:
+            metrics.update(self.measure_test())
+        metrics["status"] = STATUS_COMPLETED if finished else STATUS_RUNNING
         return metrics
+
+    def measure_test(self) -> dict:
+        """The finished model on the test split, once: the numbers a study reports (selection never saw them)."""
+        run = self.run
+        terms = self.model.evaluate(evaluation_batches(run.data.test), verbose=0, return_dict=True)
+        sample = evaluate_decoder(self.model.decoder, run.test_evaluation(), run.classifier)
+        return {TEST_PREFIX + "elbo": float(terms["reconstruction"] + terms["kl"]),
+                **{TEST_PREFIX + name: value for name, value in sample.items()}}
 
     def save(self, epoch: int) -> Path:
         """This epoch's checkpoint; the previous one goes (only the newest is needed to resume)."""

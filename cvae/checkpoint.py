@@ -12,7 +12,7 @@ import numpy as np
 from cvae.config import TrialConfig
 from cvae.data import ThicknessStats
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: training state by variable name; weights-only checkpoints
 CONFIG_FILE, STATE_FILE, ARRAYS_FILE, STATS_FILE = "config.json", "state.json", "training_state.npz", "thickness_stats.json"
 ENCODER_FILE, DECODER_FILE = "encoder.keras", "decoder.keras"
 
@@ -31,26 +31,58 @@ def load_stats(folder: Path) -> ThicknessStats:
     return ThicknessStats(np.array(payload["mean"]), np.array(payload["std"]), payload["mode"])
 
 
-def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config: TrialConfig, stats) -> Path:
-    """Weights as safe-mode-loadable .keras models, plus optimizer and RNG state for resuming."""
+def _training_state(model) -> dict:
+    """Optimizer and RNG/schedule variables by name: what a resumed run needs besides the weights."""
+    from cvae.model import state_variables
+
+    named = {f"optimizer:{v.path}": v for v in model.optimizer.variables}
+    state = state_variables(model)
+    covered = {id(v) for v in state.values()}
+    uncovered = [v.path for v in model.non_trainable_variables if id(v) not in covered]
+    if uncovered:  # a new stateful layer must be named in state_variables, or a resume would silently reset it
+        raise CheckpointError(f"non-trainable variables without a checkpoint name: {', '.join(uncovered)}")
+    named.update({f"state:{name}": v for name, v in state.items()})
+    return named
+
+
+def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config: TrialConfig, stats,
+                    resumable: bool = True) -> Path:
+    """Weights as safe-mode-loadable .keras models; with `resumable`, also optimizer and RNG state by name.
+
+    A run that has ended needs no optimizer state (two thirds of a checkpoint's bytes): resumable=False.
+    """
     folder = Path(folder)
     scratch = folder.with_name(folder.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     model.encoder.save(scratch / ENCODER_FILE)
     model.decoder.save(scratch / DECODER_FILE)
-    arrays = {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)}
-    arrays.update({f"state_{i}": np.asarray(v) for i, v in enumerate(model.non_trainable_variables)})
-    np.savez(scratch / ARRAYS_FILE, **arrays)
+    if resumable:
+        named = _training_state(model)
+        # npz member names are positional; state.json maps them back to variable names.
+        np.savez(scratch / ARRAYS_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(named.values())})
     (scratch / CONFIG_FILE).write_text(config.to_json())
     save_stats(scratch, stats)  # sampling from a user's image needs the training split's thickness statistics
-    names = {"optimizer": [v.path for v in model.optimizer.variables],
-             "state": [v.path for v in model.non_trainable_variables]}
-    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": history, "variables": names}
+    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": history,
+             "variables": list(named) if resumable else None}
     (scratch / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
     shutil.rmtree(folder, ignore_errors=True)
     scratch.rename(folder)  # a checkpoint folder either is complete or does not exist
     return folder
+
+
+def strip_training_state(folder: str | Path) -> int:
+    """Make a checkpoint weights-only (its run has ended); returns the bytes freed."""
+    arrays = Path(folder) / ARRAYS_FILE
+    try:
+        size = arrays.stat().st_size
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+        state["variables"] = None
+        (Path(folder) / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+        arrays.unlink()
+        return size
+    except (OSError, ValueError):
+        return 0  # already weights-only, or not a checkpoint of ours
 
 
 def read_checkpoint_config(folder: str | Path) -> TrialConfig:
@@ -63,28 +95,41 @@ def read_checkpoint_config(folder: str | Path) -> TrialConfig:
 
 
 def restore_checkpoint(model, folder: str | Path) -> tuple[int, list[dict]]:
-    """Load weights, optimizer and RNG state into a built model; returns (epochs done, history).
+    """Load weights, optimizer and RNG state (matched by name, shapes checked) into a built model.
 
+    Returns:
+        (epochs done, history).
     Raises:
-        CheckpointError when the saved state does not fit the model (variable count or shape differs).
+        CheckpointError when the checkpoint cannot continue this model: another format, weights only, or a
+        variable missing, extra or of another shape (each named).
     """
     folder = Path(folder)
     state = json.loads((folder / STATE_FILE).read_text())
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{folder}: checkpoint format {state.get('format')} != {CHECKPOINT_FORMAT}")
+        raise CheckpointError(f"{folder}: checkpoint format {state.get('format')} cannot be resumed by this version "
+                              f"(format {CHECKPOINT_FORMAT}); it can still be sampled from")
+    if not state.get("variables"):
+        raise CheckpointError(f"{folder} is weights-only (its run had ended); it can be sampled from, not resumed")
     model.encoder.load_weights(folder / ENCODER_FILE)
     model.decoder.load_weights(folder / DECODER_FILE)
     model.optimizer.build(model.trainable_variables)
+    wanted = _training_state(model)
+    saved_names = list(state["variables"])
+    missing, extra = sorted(set(wanted) - set(saved_names)), sorted(set(saved_names) - set(wanted))
+    if missing or extra:
+        def listed(names):
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        parts = [f"missing {listed(missing)}" if missing else "", f"unknown {listed(extra)}" if extra else ""]
+        raise CheckpointError(f"{folder} does not fit this model: " + "; ".join(part for part in parts if part))
     with np.load(folder / ARRAYS_FILE) as arrays:
-        for prefix, variables in (("optimizer", model.optimizer.variables), ("state", model.non_trainable_variables)):
-            saved = sorted((key for key in arrays.files if key.startswith(prefix + "_")), key=lambda k: int(k.split("_")[1]))
-            if len(saved) != len(variables):
-                raise CheckpointError(f"{folder}: {len(saved)} saved {prefix} variables, the model has {len(variables)}")
-            for key, variable in zip(saved, variables):
-                if tuple(arrays[key].shape) != tuple(variable.shape):
-                    raise CheckpointError(f"{folder}: saved {prefix} variable {variable.path} has shape "
-                                          f"{arrays[key].shape}, the model's has {tuple(variable.shape)}")
-                variable.assign(arrays[key])
+        values = {name: arrays[f"v{i}"] for i, name in enumerate(saved_names)}
+    for name, variable in wanted.items():
+        if tuple(values[name].shape) != tuple(variable.shape):
+            raise CheckpointError(f"{folder}: saved {name} has shape {values[name].shape}, "
+                                  f"the model's has {tuple(variable.shape)}")
+    for name, variable in wanted.items():
+        variable.assign(values[name])
     return int(state["epoch"]), list(state["history"])
 
 

@@ -25,7 +25,8 @@ class TrialConfig:
     dataset: str = MNIST  # full MNIST when reachable, else the embedded 5k sample (with a warning)
     data_path: str = ""  # user's IDX .gz folder or mnist.npz; empty = keras cache / download / embedded
     max_train_samples: int = 0  # 0 = whole training split; smaller trades fidelity for speed
-    validation_fraction: float = 0.1  # held-out share, stratified, identical for every trial
+    validation_fraction: float = 0.1  # validation share: drives ASHA, Optuna and the best trial; fixed for every trial
+    test_fraction: float = 0.1  # test share: measured once per finished trial, never seen by any selection
     condition_mode: str = "per_class"  # per_class fixed "1" drawn thicker than other digits (model_2+)
 
     # --- architecture ---
@@ -39,7 +40,7 @@ class TrialConfig:
     learning_rate: float = 1e-3  # Adam, reference
     batch_size: int = 32  # reference; the grey-loss faithfulness note depends on it
     epochs: int = 9  # model_4: 1 warm-up epoch + 8 with grey loss
-    seed: int = 0  # weights, noise, dropout and shuffling; split is fixed separately
+    seed: int = 0  # initial weights, dropout, latent noise and each epoch's shuffle; the splits are fixed separately
 
     # --- grey loss ---
     grey_weight: float = 0.32  # per image; = reference 0.01 x batch-sum over 32 images
@@ -127,6 +128,10 @@ def _validate(config: TrialConfig) -> list[str]:
     check(0 <= config.max_train_samples <= MAX_TRAIN_SAMPLES,
           f"max_train_samples={config.max_train_samples} must be in [0, {MAX_TRAIN_SAMPLES}] (0 = all)")
     check(0 < config.validation_fraction < 0.5, f"validation_fraction={config.validation_fraction} must be in (0, 0.5)")
+    check(0 < config.test_fraction < 0.5, f"test_fraction={config.test_fraction} must be in (0, 0.5)")
+    check(config.validation_fraction + config.test_fraction <= 0.5,
+          f"validation_fraction + test_fraction = {config.validation_fraction + config.test_fraction:g} must be <= 0.5 "
+          "(the rest trains)")
     check(1 <= config.latent_dim <= 1024, f"latent_dim={config.latent_dim} must be in [1, 1024]")
     check(0.05 <= config.width <= 8, f"width={config.width} must be in [0.05, 8]")
     check(0 <= config.dropout < 1, f"dropout={config.dropout} must be in [0, 1)")

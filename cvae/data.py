@@ -302,16 +302,23 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
 # ---------------------------------------------------------------- splits and conditions
 
 
-def split_indices(labels: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified train / held-out indices (same for every trial and seed)."""
+def split_indices(labels: np.ndarray, validation_fraction: float,
+                  test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic stratified train / validation / test indices (the same for every trial and seed).
+
+    Validation is what every selection sees (ASHA, Optuna, the best trial); test is measured only on the
+    models those selections chose, so its numbers are not optimistic.
+    """
     rng = np.random.default_rng(SPLIT_SEED)
-    train, held_out = [], []
+    train, validation, test = [], [], []
     for digit in range(NUM_CLASSES):
         members = rng.permutation(np.flatnonzero(labels == digit))
-        count = int(round(len(members) * validation_fraction))
-        held_out.append(members[:count])
-        train.append(members[count:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
+        validation_count = int(round(len(members) * validation_fraction))
+        test_count = int(round(len(members) * test_fraction))
+        validation.append(members[:validation_count])
+        test.append(members[validation_count:validation_count + test_count])
+        train.append(members[validation_count + test_count:])
+    return tuple(np.sort(np.concatenate(part)) for part in (train, validation, test))
 
 
 def stratified_subset(labels: np.ndarray, count: int, seed: int = SPLIT_SEED) -> np.ndarray:
@@ -370,10 +377,11 @@ def make_conditions(labels: np.ndarray, thickness: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """What one trial trains and evaluates on."""
+    """What one trial trains on (train), is selected on (validation) and is finally measured on (test)."""
 
     train: Split
-    held_out: Split
+    validation: Split
+    test: Split
     stats: ThicknessStats
     source: str
 
@@ -382,21 +390,36 @@ def prepare_data(
     dataset: str,
     condition_mode: str,
     validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     max_train_samples: int = 0,
     data_path: str = "",
 ) -> PreparedData:
-    """Load, split, subsample and condition a dataset for one trial."""
+    """Load, split, subsample and condition a dataset for one trial (thickness statistics from train only)."""
     raw = load_dataset(dataset, data_path)
-    train_index, held_index = split_indices(raw.labels, validation_fraction)
+    train_index, validation_index, test_index = split_indices(raw.labels, validation_fraction, test_fraction)
     if max_train_samples:
         train_index = train_index[stratified_subset(raw.labels[train_index], max_train_samples)]
     train_images = raw.images[train_index].astype(np.float32) / 255.0
-    held_images = raw.images[held_index].astype(np.float32) / 255.0
-    train_labels, held_labels = raw.labels[train_index], raw.labels[held_index]
-    stats = fit_thickness_stats(train_images, train_labels, condition_mode)
-    return PreparedData(
-        train=Split(train_images, train_labels, thickness_of(train_images, train_labels, stats)),
-        held_out=Split(held_images, held_labels, thickness_of(held_images, held_labels, stats)),
-        stats=stats,
-        source=raw.source,
-    )
+    stats = fit_thickness_stats(train_images, raw.labels[train_index], condition_mode)
+
+    def split(index: np.ndarray, images: np.ndarray | None = None) -> Split:
+        images = raw.images[index].astype(np.float32) / 255.0 if images is None else images
+        labels = raw.labels[index]
+        return Split(images, labels, thickness_of(images, labels, stats))
+
+    return PreparedData(train=split(train_index, train_images), validation=split(validation_index),
+                        test=split(test_index), stats=stats, source=raw.source)
+
+
+def evaluation_batches(split: Split, batch_size: int = 500):
+    """A split as a tf.data pipeline of (images, conditions) for Model.evaluate / validation."""
+    import tensorflow as tf
+
+    pairs = tf.data.Dataset.from_tensor_slices((split.images, split.conditions()))
+    return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_data_for(config) -> PreparedData:
+    """prepare_data with a TrialConfig's data fields."""
+    return prepare_data(config.dataset, config.condition_mode, config.validation_fraction, config.test_fraction,
+                        config.max_train_samples, config.data_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.data import NUM_CLASSES, prepare_data
+from cvae.data import NUM_CLASSES, prepare_data_for
 from cvae.metrics import generate, make_evaluation_set, sweep_profile
 
 GRID_THICKNESS = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -24,10 +24,9 @@ def describe_checkpoint(checkpoint: str | Path) -> tuple[list[dict], np.ndarray]
     from cvae.drawing import draw_grid, load_generator
 
     _, decoder, config, stats = load_generator(checkpoint)
-    data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction,
-                        config.max_train_samples, config.data_path)
+    data = prepare_data_for(config)
     # No classifier: the sweep needs only the trial's thickness statistics and the real stroke widths.
-    evaluation = make_evaluation_set(data.held_out, stats, None, config.latent_dim, config.eval_samples,
+    evaluation = make_evaluation_set(data.validation, stats, None, config.latent_dim, config.eval_samples,
                                      config.sweep_latents, config.eval_seed)
     sweep = generate(decoder, evaluation.sweep_latents, evaluation.sweep_conditions)
     grid = draw_grid(decoder, range(NUM_CLASSES), GRID_THICKNESS, seed=GRID_SEED)

@@ -25,10 +25,11 @@ _METRICS = [
     Metric("reconstruction", "min", "training sum of squared pixel errors per image"),
     Metric("kl", "min", "training KL divergence per image"),
     Metric("grey", "min", "training grey term per image (before weighting)"),
-    Metric("val_loss", "min", "held-out loss with this epoch's grey weight"),
+    Metric("val_loss", "min", "held-out loss with this epoch's grey weight and the L2 penalty"),
     Metric("val_reconstruction", "min", "held-out sum of squared pixel errors per image"),
     Metric("val_kl", "min", "held-out KL divergence per image"),
     Metric("val_grey", "min", "held-out grey term per image"),
+    Metric("val_elbo", "min", "held-out reconstruction + KL per image: the negative ELBO, comparable across trials"),
     Metric("class_accuracy", "max", "share of generated samples classified as the requested class", 0, 1),
     Metric("fid", "min", "Frechet distance of classifier features, generated vs real held-out"),
     Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)", -1, 1),
@@ -38,13 +39,24 @@ _METRICS = [
     Metric("ink_w1", "min", "Wasserstein-1 distance of ink intensities, generated vs real"),
     Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02", 0, 1),
 ]
-METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS}
 TRAIN_METRICS = ("loss", "reconstruction", "kl", "grey")
+VALIDATION_PREFIX, TEST_PREFIX = "val_", "test_"
+VALIDATION_METRICS = tuple(VALIDATION_PREFIX + name for name in TRAIN_METRICS)
+ELBO = "val_elbo"
+SAMPLE_METRICS = tuple(metric.name for metric in _METRICS
+                       if metric.name not in TRAIN_METRICS + VALIDATION_METRICS + (ELBO,))
+# Once per finished run, on the test split: the validation metrics that do not depend on the run's own loss weights.
+TEST_METRICS = tuple(TEST_PREFIX + name for name in (*SAMPLE_METRICS, "elbo"))
+_TEST = [Metric(TEST_PREFIX + metric.name.removeprefix(VALIDATION_PREFIX), metric.mode,
+                f"{metric.description} (test split, once at the end)", metric.low, metric.high)
+         for metric in _METRICS if metric.name in (*SAMPLE_METRICS, ELBO)]
+METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS + _TEST}
+# Not objectives: they add the run's own grey weight and L2 penalty, so two runs' values measure different things.
+WEIGHT_DEPENDENT = ("loss", "val_loss")
+CLASSIFIER_ACCURACY = "classifier_accuracy"  # the reference classifier's test accuracy, reported with every epoch
 # What else an epoch's report carries by name: its status and, when checkpointing, the checkpoint folder.
 STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"
 CHECKPOINT_KEY = "checkpoint"
-VALIDATION_METRICS = tuple("val_" + name for name in TRAIN_METRICS)
-SAMPLE_METRICS = tuple(name for name in METRICS if name not in TRAIN_METRICS + VALIDATION_METRICS)
 
 INK_LEVEL = 0.1
 WHITE_LEVEL = 0.9

@@ -15,16 +15,21 @@ LOSS_TERMS = TRAIN_METRICS  # the tracked loss terms are the reported training m
 
 @keras.saving.register_keras_serializable(package="cvae")
 class Sampling(layers.Layer):
-    """z = mean + exp(log_var / 2) * eps, with its own seed generator (saved and restored with the model)."""
+    """z = mean + exp(log_var / 2) * eps, with its own seed generator (saved and restored with the model).
+
+    Only training draws from the generator: evaluation uses fixed noise (the layer's seed), so measuring a model
+    (validation every epoch, the test split at the end) neither changes the training's random stream nor
+    depends on when it happens.
+    """
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, inputs):
+    def call(self, inputs, training=False):
         z_mean, z_log_var = inputs
-        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator if training else self.seed or 0)
         return z_mean + ops.exp(0.5 * z_log_var) * noise
 
     def get_config(self):
@@ -35,42 +40,77 @@ def _scaled(units: int, width: float) -> int:
     return max(1, int(round(units * width)))
 
 
+class _Seeds:
+    """Successive seeds from one base: every initializer and RNG layer gets its own, none reads global state.
+
+    Keras draws an unseeded initializer's seed from Python's `random`, which whatever ran before in the process
+    (loading a classifier, a previous trial in a reused worker) has moved; a seed per layer makes the initial
+    weights a function of the config alone.
+    """
+
+    def __init__(self, base: int):
+        self.next_seed = base
+
+    def take(self) -> int:
+        self.next_seed += 1
+        return self.next_seed % 2**31  # keras seeds are 32-bit
+
+    def kernel(self):
+        return keras.initializers.GlorotUniform(seed=self.take())
+
+
 def build_encoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, seed=0) -> keras.Model:
-    """Image (28, 28, 1) + condition (11) -> [z_mean, z_log_var, z], as in docs/design.md §1."""
+    """Image (28, 28, 1) + condition (11) -> [z_mean, z_log_var, z], as in docs/design.md §1.
+
+    Every layer is named (checkpoints restore optimizer state by variable name) and seeded from `seed`.
+    """
+    seeds = _Seeds(seed)
     image = keras.Input(shape=(*IMAGE_SHAPE, 1), name="image")
     condition = keras.Input(shape=(CONDITION_DIM,), name="condition")
-    conv = dict(kernel_size=3, padding="same", activation="relu", kernel_regularizer=regularizers.L2(l2))
-    x = layers.Conv2D(_scaled(32, width), strides=2, **conv)(image)
-    x = layers.Dropout(dropout, seed=seed)(x)
-    x = layers.Conv2D(_scaled(64, width), strides=2, **conv)(x)
-    x = layers.Dropout(dropout, seed=seed + 1)(x)
-    x = layers.Conv2D(_scaled(128, width), strides=1, **conv)(x)
-    x = layers.Flatten()(x)
-    x = layers.Concatenate()([x, condition])
-    x = layers.Dense(_scaled(256, width), activation="relu")(x)
-    shortcut = layers.Dense(_scaled(64, width), activation="relu")(layers.Flatten()(image))
-    x = layers.Concatenate()([x, shortcut])
-    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
-    z = Sampling(seed=seed + 2, name="z")([z_mean, z_log_var])
+
+    def conv(channels, strides, name):
+        return layers.Conv2D(channels, 3, strides=strides, padding="same", activation="relu", name=name,
+                             kernel_regularizer=regularizers.L2(l2), kernel_initializer=seeds.kernel())
+
+    def dense(units, name, activation="relu"):
+        return layers.Dense(units, activation=activation, name=name, kernel_initializer=seeds.kernel())
+
+    x = conv(_scaled(32, width), 2, "encoder_conv_1")(image)
+    x = layers.Dropout(dropout, seed=seeds.take(), name="encoder_dropout_1")(x)
+    x = conv(_scaled(64, width), 2, "encoder_conv_2")(x)
+    x = layers.Dropout(dropout, seed=seeds.take(), name="encoder_dropout_2")(x)
+    x = conv(_scaled(128, width), 1, "encoder_conv_3")(x)
+    x = layers.Flatten(name="encoder_flatten")(x)
+    x = layers.Concatenate(name="encoder_with_condition")([x, condition])
+    x = dense(_scaled(256, width), "encoder_dense")(x)
+    shortcut = dense(_scaled(64, width), "encoder_shortcut")(layers.Flatten(name="image_flatten")(image))
+    x = layers.Concatenate(name="encoder_with_shortcut")([x, shortcut])
+    z_mean = dense(latent_dim, "z_mean", activation=None)(x)
+    z_log_var = dense(latent_dim, "z_log_var", activation=None)(x)
+    z = Sampling(seed=seeds.take(), name="z")([z_mean, z_log_var])
     return keras.Model([image, condition], [z_mean, z_log_var, z], name="encoder")
 
 
 def build_decoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, output_activation="relu", seed=0) -> keras.Model:
-    """Latent (latent_dim) + condition (11) -> image (28, 28, 1), as in docs/design.md §1."""
+    """Latent (latent_dim) + condition (11) -> image (28, 28, 1), as in docs/design.md §1 (named, seeded)."""
+    seeds = _Seeds(seed)
     z = keras.Input(shape=(latent_dim,), name="z")
     condition = keras.Input(shape=(CONDITION_DIM,), name="condition")
     channels = _scaled(160, width)
-    conv = dict(kernel_size=3, padding="same", kernel_regularizer=regularizers.L2(l2))
-    x = layers.Concatenate()([z, condition])
-    x = layers.Dense(_scaled(320, width), activation="relu")(x)
-    x = layers.Dense(7 * 7 * channels, activation="relu")(x)
-    x = layers.Reshape((7, 7, channels))(x)
-    x = layers.Conv2DTranspose(_scaled(80, width), strides=2, activation="relu", **conv)(x)
-    x = layers.Dropout(dropout, seed=seed + 3)(x)
-    x = layers.Conv2DTranspose(_scaled(40, width), strides=2, activation="relu", **conv)(x)
-    x = layers.Dropout(dropout, seed=seed + 4)(x)
-    image = layers.Conv2DTranspose(1, strides=1, activation=output_activation, name="image", **conv)(x)
+
+    def deconv(filters, strides, name, activation="relu"):
+        return layers.Conv2DTranspose(filters, 3, strides=strides, padding="same", activation=activation, name=name,
+                                      kernel_regularizer=regularizers.L2(l2), kernel_initializer=seeds.kernel())
+
+    x = layers.Concatenate(name="decoder_with_condition")([z, condition])
+    x = layers.Dense(_scaled(320, width), activation="relu", name="decoder_dense_1", kernel_initializer=seeds.kernel())(x)
+    x = layers.Dense(7 * 7 * channels, activation="relu", name="decoder_dense_2", kernel_initializer=seeds.kernel())(x)
+    x = layers.Reshape((7, 7, channels), name="decoder_reshape")(x)
+    x = deconv(_scaled(80, width), 2, "decoder_deconv_1")(x)
+    x = layers.Dropout(dropout, seed=seeds.take(), name="decoder_dropout_1")(x)
+    x = deconv(_scaled(40, width), 2, "decoder_deconv_2")(x)
+    x = layers.Dropout(dropout, seed=seeds.take(), name="decoder_dropout_2")(x)
+    image = deconv(1, 1, "image", activation=output_activation)(x)
     return keras.Model([z, condition], image, name="decoder")
 
 
@@ -129,15 +169,31 @@ class CVAE(keras.Model):
         return self._update_trackers(self.compute_losses(images, conditions, training=False))
 
 
+def state_variables(model: CVAE) -> dict:
+    """The non-trainable state a resumed run needs (grey weight, each RNG layer's seed state), by stable names.
+
+    Keras names seed generators from a process-wide counter, so their own paths depend on what was built before;
+    these names depend only on the (named) layers.
+    """
+    named = {"grey_weight": model.grey_weight}
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            generator = getattr(layer, "seed_generator", None)
+            if generator is not None:
+                named[f"{part.name}/{layer.name}/seed_generator_state"] = generator.state
+    return named
+
+
 def build_cvae(config) -> CVAE:
     """A compiled CVAE for a TrialConfig (architecture, grey threshold, optimizer)."""
-    encoder = build_encoder(config.latent_dim, config.width, config.dropout, config.l2, config.seed * 10)
-    decoder = build_decoder(
-        config.latent_dim, config.width, config.dropout, config.l2, config.output_activation, config.seed * 10
-    )
+    # Disjoint seed ranges: the encoder takes seed*1000+1.., the decoder seed*1000+501..
+    encoder = build_encoder(config.latent_dim, config.width, config.dropout, config.l2, config.seed * 1000)
+    decoder = build_decoder(config.latent_dim, config.width, config.dropout, config.l2, config.output_activation,
+                            config.seed * 1000 + 500)
     return compile_cvae(CVAE(encoder, decoder, config.grey_threshold), config.learning_rate)
 
 
 def compile_cvae(model: CVAE, learning_rate: float, steps_per_execution: int = 1) -> CVAE:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), steps_per_execution=steps_per_execution)
+    # named: its variables' paths (adam/<layer>_kernel_momentum, ...) are how a checkpoint restores them
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, name="adam"), steps_per_execution=steps_per_execution)
     return model

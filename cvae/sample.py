@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             path = save_png(picture, args.out)
             print(f"wrote {path}: {images.shape[0]} rows (digits {args.digits}) x thickness {args.thickness}")
         else:
-            from cvae.classifier import load_classifier
+            from cvae.classifier import classifier_for
 
-            classifier = load_classifier(config.dataset, config.data_path, config.validation_fraction)
+            classifier = classifier_for(config)
             _, predicted = classifier.predict(style[None])
             digit = int(predicted[0])
             redrawn = redraw_in_style(encoder, decoder, stats, style, digit)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,15 +23,30 @@ from cvae.checkpoint import latest_checkpoint, read_checkpoint_config, restore_c
 # ---------------------------------------------------------------- training
 
 
-def _datasets(data, config: TrialConfig, start_epoch: int):
+def epoch_order(seed: int, epoch: int, count: int):
+    """The order of the training images in 1-based `epoch`: a function of (seed, epoch) alone, so a run resumed at
+    any epoch sees the same batches as one that never stopped."""
     import tensorflow as tf
 
-    train = tf.data.Dataset.from_tensor_slices((data.train.images, data.train.conditions()))
-    # Shuffle seed depends on where we start, so a resumed run is reproducible too.
-    train = train.shuffle(len(data.train), seed=config.seed * 1009 + start_epoch, reshuffle_each_iteration=True)
-    train = train.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-    held_out = tf.data.Dataset.from_tensor_slices((data.held_out.images, data.held_out.conditions()))
-    return train, held_out.batch(500).prefetch(tf.data.AUTOTUNE)
+    keys = tf.random.stateless_uniform([count], seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    return tf.argsort(keys)
+
+
+def training_batches(data, config: TrialConfig, start_epoch: int):
+    """Batches of epochs start_epoch+1 .. config.epochs back to back (fit reads steps_per_epoch of them each epoch)."""
+    import tensorflow as tf
+
+    images = tf.constant(data.train.images)
+    conditions = tf.constant(data.train.conditions())
+    count = len(data.train)
+
+    def one_epoch(epoch):
+        order = epoch_order(config.seed, epoch, count)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size)
+        return batches.map(lambda index: (tf.gather(images, index), tf.gather(conditions, index)))
+
+    epochs = tf.data.Dataset.range(start_epoch + 1, config.epochs + 1)
+    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE), math.ceil(count / config.batch_size)
 
 
 @dataclass
@@ -39,13 +56,21 @@ class TrainingRun:
     config: TrialConfig
     data: Any  # cvae.data.PreparedData
     classifier: Any  # cvae.classifier.Classifier
-    evaluation: Any  # cvae.metrics.EvaluationSet: fixed latents and conditions
+    evaluation: Any  # cvae.metrics.EvaluationSet on the validation split: fixed latents and conditions
     model: Any  # cvae.model.CVAE
     start_epoch: int = 0
     history: list = field(default_factory=list)
     setup_seconds: float = 0.0  # imports, data, classifier, model: paid once per run
     status: str = STATUS_COMPLETED
     checkpoint: str | None = None
+
+    def test_evaluation(self):
+        """The same fixed latents on the test split (built only when a run finishes: pruned runs never need it)."""
+        from cvae.metrics import make_evaluation_set
+
+        config = self.config
+        return make_evaluation_set(self.data.test, self.data.stats, self.classifier, config.latent_dim,
+                                   config.eval_samples, config.sweep_latents, config.eval_seed)
 
 
 def train(
@@ -87,20 +112,24 @@ def check_resumable(config: TrialConfig, checkpoint: str | Path | None) -> None:
 
 
 def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
-    """Seed, data, the frozen classifier, the fixed evaluation latents and the model (restored if resuming)."""
+    """Data, the frozen classifier, the fixed evaluation latents and the model (restored if resuming).
+
+    Nothing here reads global random state: the model's initializers and RNG layers are seeded from the config
+    (cvae.model), so what ran before in this process does not change the run.
+    """
     import keras
 
-    from cvae.classifier import load_classifier
-    from cvae.data import prepare_data
+    from cvae.classifier import classifier_for, weak_classifier_message
+    from cvae.data import prepare_data_for
     from cvae.metrics import make_evaluation_set
     from cvae.model import build_cvae
 
     keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
-    keras.utils.set_random_seed(config.seed)
-    data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction,
-                        config.max_train_samples, config.data_path)
-    classifier = load_classifier(config.dataset, config.data_path, config.validation_fraction)
-    evaluation = make_evaluation_set(data.held_out, data.stats, classifier, config.latent_dim,
+    data = prepare_data_for(config)
+    classifier = classifier_for(config)
+    if message := weak_classifier_message(classifier, config.dataset):
+        warnings.warn(message, stacklevel=3)
+    evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
                                      config.eval_samples, config.sweep_latents, config.eval_seed)
     run = TrainingRun(config, data, classifier, evaluation, build_cvae(config))
     if checkpoint is not None:
@@ -113,11 +142,13 @@ def fit(run: TrainingRun, report, checkpoint_dir, verbose: int) -> None:
     import keras
 
     from cvae.callbacks import EpochEnd
+    from cvae.data import evaluation_batches
 
     if run.start_epoch >= run.config.epochs:
         return
-    train_data, held_out_data = _datasets(run.data, run.config, run.start_epoch)
-    run.model.fit(train_data, validation_data=held_out_data, epochs=run.config.epochs, initial_epoch=run.start_epoch,
+    batches, steps_per_epoch = training_batches(run.data, run.config, run.start_epoch)
+    run.model.fit(batches, steps_per_epoch=steps_per_epoch, validation_data=evaluation_batches(run.data.validation),
+                  epochs=run.config.epochs, initial_epoch=run.start_epoch,
                   callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd(run, report, checkpoint_dir)],
                   verbose=verbose, shuffle=False)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from cvae.metrics import METRICS
 from cvae.cli import ArgumentParser, fail
-from study.results import BEST_PREFIX, BEST_RULE, best_trial, trial_params, incomplete_note, load_results, resolve_path
+from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, resolve_path,
+                           trial_params)
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:
@@ -23,12 +23,12 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
         fail(str(error))
     print(f"study {spec['name']}: {len(trials)} trial(s); objective "
           + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
-    print(f"best trial: {best['trial_id']} (status {best['status']}, best epoch {best['best_epoch']:.0f} "
-          f"of {best['epochs_run']:.0f})")
+    print(f"best trial: {best['trial_id']} (status {best['status']}, {best['epochs_run']:.0f} epoch(s))")
     for name, value in trial_params(best).items():
         print(f"  {name} = {value}")
-    for name in METRICS:
-        print(f"  {name:<20} {best[BEST_PREFIX + name]:.5g}")
+    print(f"  {'metric':<20} {'validation':>12} {'test':>12}")
+    for name, validation, test in metric_pairs(best):
+        print(f"  {name:<20} {validation:>12.5g} {test:>12.5g}")
     print(f"checkpoint: {resolve_path(args.results, best['checkpoint'])}")
     return 0
 

@@ -10,7 +10,8 @@ import pandas as pd
 from scipy import stats
 
 from cvae.metrics import METRICS
-from study.results import FINISHED, MODEL, STATUS_COMPLETED, param_column, with_models
+from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, split_label,
+                           with_models)
 
 CLAIMS = {
     "a": "the thickness condition is respected",
@@ -99,9 +100,9 @@ def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
 
 
 def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
-    """Verdicts from a study whose trials are labelled model_1..model_5 (any subset; missing pairs -> not tested)."""
-    trials = with_models(trials)
-    trials = trials[trials["status"] == STATUS_COMPLETED]
+    """Verdicts from a study whose trials are labelled model_1..model_5 (any subset; missing pairs -> not tested),
+    on the test split's numbers of the completed trials (all presets run to their full length: equal fidelity)."""
+    trials = with_models(on_test_split(trials))
     present = set(trials[MODEL])
     verdicts = [_thickness_respected(trials, details, sorted(present))]
 
@@ -164,31 +165,50 @@ def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
 # ---------------------------------------------------------------- claims on a searched study (grey_loss)
 
 
+MIN_EQUAL_FIDELITY = 4  # completed trials needed before a search's verdicts use only them
+
+
 def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
-    """Verdicts from a searched study over grey_weight / warmup_epochs / condition_mode (whatever it varied)."""
+    """Verdicts from a searched study over grey_weight / warmup_epochs / condition_mode (whatever it varied).
+
+    Trials are compared at equal fidelity: the completed ones, on their test numbers, when at least
+    MIN_EQUAL_FIDELITY completed; otherwise completed and pruned trials together on validation numbers, and the
+    verdict says so (a pruned trial's numbers come from fewer epochs).
+    """
     finished = trials[trials["status"].isin(FINISHED)].copy()
+    completed_all = on_test_split(trials)
+    if len(completed_all) >= MIN_EQUAL_FIDELITY:
+        compared = completed_all
+        fidelity = f"; {len(compared)} completed trials, {split_label(trials)} numbers"
+    else:
+        compared = finished
+        pruned = finished[finished["status"] == STATUS_PRUNED]
+        fidelity = (f"; MIXED FIDELITY: {len(pruned)} of {len(finished)} trials were pruned after "
+                    f"{pruned['epochs_run'].min():.0f}–{pruned['epochs_run'].max():.0f} epochs, validation numbers"
+                    if len(pruned) else f"; {len(finished)} trials, validation numbers")
     # A blank image has no grey pixels and no measurable thickness: collapsed trials would count as "sharp" in (c)
     # and as ignoring the condition in (a), so (a), (c) and (d) look only at trials that still draw digits.
-    drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
-    excluded = f"; {len(finished) - len(drawing)} collapsed trial(s) left out" if len(drawing) < len(finished) else ""
+    drawing = compared[compared["collapse_rate"].astype(float) < COLLAPSED]
+    excluded = f"; {len(compared) - len(drawing)} collapsed trial(s) left out" if len(drawing) < len(compared) else ""
     completed = drawing[drawing["status"] == STATUS_COMPLETED]
     verdicts = []
     if len(completed):
         corr = completed["thickness_corr"].astype(float)
         verdicts.append(Verdict(
             "a", "supported" if corr.median() >= RESPECTED_CORRELATION else "not supported",
-            f"thickness_corr over {len(completed)} completed trials: median {corr.median():.3f}, "
-            f"range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION}){excluded}"))
+            f"thickness_corr over {len(completed)} completed trials ({split_label(trials)} numbers): median "
+            f"{corr.median():.3f}, range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION})"
+            f"{excluded}"))
     else:
         verdicts.append(Verdict("a", "not tested", "no completed trial that draws digits"))
 
-    if param_column("condition_mode") in finished and finished[param_column("condition_mode")].nunique() == 2:
-        parity = compare(finished, "class_parity", "per_class", "global", column=param_column("condition_mode"))
+    if param_column("condition_mode") in compared and compared[param_column("condition_mode")].nunique() == 2:
+        parity = compare(compared, "class_parity", "per_class", "global", column=param_column("condition_mode"))
         verdicts.append(Verdict("b", _combine([parity.outcome()]),
                                 parity.text("per_class", "global") + " (trials differ in the other searched "
-                                "parameters too, so this is confounded; the Model 1–5 study isolates it)"))
+                                "parameters too, so this is confounded; the Model 1–5 study isolates it)" + fidelity))
     else:
-        verdicts.append(Verdict("b", "not tested", "condition_mode was not searched"))
+        verdicts.append(Verdict("b", "not tested", "condition_mode was not searched (or not in the compared trials)"))
 
     if param_column("grey_weight") in drawing and len(drawing) >= 3:
         applied = drawing[param_column("grey_weight")].astype(float).where(
@@ -200,11 +220,12 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
         verdicts.append(Verdict("c", verdict, f"Spearman(grey weight applied, grey_fraction) = {rho.statistic:.3f} "
                                 f"(p={rho.pvalue:.2g}, {len(drawing)} trials; weight counted as 0 where the trial "
                                 f"stopped before its warm-up ended); with fid: {fid_rho.statistic:.3f} "
-                                f"(p={fid_rho.pvalue:.2g}){excluded}"))
+                                f"(p={fid_rho.pvalue:.2g}){excluded}{fidelity}"))
     else:
-        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched (or < 3 trials draw digits)"))
+        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched (or < 3 compared trials draw digits)"))
 
-    verdicts.append(_more_epochs(epochs, drawing, excluded))
+    finished_drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
+    verdicts.append(_more_epochs(epochs, finished_drawing))
     verdicts.append(_collapse(epochs, finished))
     return verdicts
 

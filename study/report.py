@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from cvae.cli import ArgumentParser, fail
-from study.results import (BEST_PREFIX, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
-                           incomplete_note, load_results, param_column, read_table, resolve_path, trial_params)
+from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, best_trial, incomplete_note,
+                           load_results, metric_pairs, on_test_split, param_column, read_table, resolve_path,
+                           split_label, trial_params)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -204,7 +205,6 @@ def verdicts_for(trials, epochs, details, spec):
 
 
 def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> str:
-    from cvae.metrics import METRICS
     from study.plots import format_model_table, model_table
 
     finished = trials[trials["status"].isin(FINISHED)]
@@ -216,10 +216,11 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              "- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
     if is_grid(spec):
-        table = model_table(finished[finished["status"] == STATUS_COMPLETED])
-        lines += ["## Models: last-epoch metrics, mean ± std over seeds", "",
+        table = model_table(on_test_split(trials))
+        lines += [f"## Models: final metrics on the {split_label(trials)} split, mean ± std over seeds", "",
                   "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
-                  "the reference column was reported on 60k MNIST, so only the ordering is comparable.", "",
+                  "the reference column was reported on 60k MNIST, so only the ordering is comparable. Validation "
+                  "numbers are in trials.csv (the columns without `test_`).", "",
                   markdown_table(format_model_table(table), "metric"), ""]
         lines += loss_ordering(table)
     try:
@@ -229,12 +230,14 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
         best = None
     if best is not None:
         params = trial_params(best)
-        lines += ["## Best trial", "", f"`{best['trial_id']}` (best epoch {best['best_epoch']:.0f} of "
-                  f"{best['epochs_run']:.0f}): " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()), "",
-                  markdown_table(pd.DataFrame({"best epoch": [best[BEST_PREFIX + m] for m in METRICS],
-                                               "last epoch": [best[m] for m in METRICS]}, index=list(METRICS)),
-                                 "metric"), "",
-                  f"## Top trials by {spec['metrics'][0]} (last epoch)", ""]
+        pairs = metric_pairs(best)
+        lines += ["## Best trial", "", BEST_RULE, "",
+                  f"`{best['trial_id']}` ({best['epochs_run']:.0f} epochs): "
+                  + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()), "",
+                  markdown_table(pd.DataFrame({"test": [test for _, _, test in pairs],
+                                               "validation": [validation for _, validation, _ in pairs]},
+                                              index=[name for name, _, _ in pairs]), "metric"), "",
+                  f"## Top trials by validation {spec['metrics'][0]}", ""]
         columns = ["status", "epochs_run", *[c for c in trials if c.startswith(PARAM_PREFIX)], "fid", "grey_fraction",
                    "collapse_rate", "class_accuracy"]
         top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING
+from cvae.metrics import (CLASSIFIER_ACCURACY, METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
+                          TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
-BEST_PREFIX, PARAM_PREFIX = "best_", "param_"
+PARAM_PREFIX = "param_"
+FLAGS_KEY = "flags"  # study.json: the command-line flags a --resume must repeat
 STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
 ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
 # A trial's status in trials.csv. Epoch rows carry cvae.train's own (running / completed / diverged); the
@@ -59,10 +61,6 @@ def trial_status(record: TrialRecord) -> str:
     return STATUS_RUNNING if record.rows else STATUS_PENDING
 
 
-def _is_better(value: float, best: float, mode: str) -> bool:
-    return value < best if mode == "min" else value > best
-
-
 def param_column(name: str) -> str:
     """The trials.csv / epochs.csv column of a searched or grid parameter."""
     return PARAM_PREFIX + name
@@ -83,14 +81,12 @@ def epoch_row(record: TrialRecord, row: dict) -> dict:
             **{k: v for k, v in row.items() if not isinstance(v, dict)}}
 
 
-def trial_row(record: TrialRecord, objective: str, mode: str) -> dict:
-    """One line of trials.csv: params, status, the last epoch's metrics and the best epoch's (by `objective`)."""
-    best_row = None
-    for row in record.rows:
-        value = row.get(objective)
-        if value is not None and math.isfinite(value) and (
-                best_row is None or _is_better(value, best_row[objective], mode)):
-            best_row = row
+def trial_row(record: TrialRecord) -> dict:
+    """One line of trials.csv: params, status, and the metrics of the trial's last epoch.
+
+    The last epoch is the trial's result (the model it ended with, the checkpoint it keeps, the value ASHA and
+    Optuna saw): validation metrics under their own names, and for a completed trial the test split's as test_*.
+    """
     last = record.rows[-1] if record.rows else {}
     summary = {
         "trial_id": record.trial_id, **_param_columns(record), "status": trial_status(record),
@@ -98,12 +94,10 @@ def trial_row(record: TrialRecord, objective: str, mode: str) -> dict:
         "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
         "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
         "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
-        "dataset_source": last.get("dataset_source"), "checkpoint": record.checkpoint,
-        ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
+        "dataset_source": last.get("dataset_source"), CLASSIFIER_ACCURACY: last.get(CLASSIFIER_ACCURACY, np.nan),
+        "checkpoint": record.checkpoint, ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
     }
     summary.update({name: last.get(name, np.nan) for name in METRICS})
-    summary["best_epoch"] = best_row["epoch"] if best_row else np.nan
-    summary.update({BEST_PREFIX + name: (best_row or {}).get(name, np.nan) for name in METRICS})
     return summary
 
 
@@ -137,17 +131,17 @@ def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
     scratch.replace(path)  # a reader never sees half a file
 
 
-def write_trials(folder: Path, records: list[TrialRecord], metrics, modes) -> pd.DataFrame:
-    """Rewrite trials.csv (one row per trial; best epoch by the first objective) atomically."""
-    trials = _relocatable(pd.DataFrame([trial_row(record, metrics[0], modes[0]) for record in records]), folder)
+def write_trials(folder: Path, records: list[TrialRecord]) -> pd.DataFrame:
+    """Rewrite trials.csv (one row per trial) atomically."""
+    trials = _relocatable(pd.DataFrame([trial_row(record) for record in records]), folder)
     folder.mkdir(parents=True, exist_ok=True)
     _replace_atomically(trials, folder / TRIALS_FILE)
     return trials
 
 
-def write_tables(folder: Path, records: list[TrialRecord], metrics, modes) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_tables(folder: Path, records: list[TrialRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
-    trials = write_trials(folder, records, metrics, modes)
+    trials = write_trials(folder, records)
     epochs = pd.DataFrame([epoch_row(record, row) for record in records for row in record.rows])
     _replace_atomically(epochs, folder / EPOCHS_FILE)
     return trials, epochs
@@ -237,10 +231,12 @@ def _plain(value):
     return value
 
 
-def save_spec(folder: Path, spec) -> None:
-    """study.json: the study as it started (the study file's path relative to the folder, so it can move)."""
+def save_spec(folder: Path, spec, recorded: dict | None = None) -> None:
+    """study.json: the study as it started (the study file's path relative to the folder, so it can move), plus
+    what the start recorded (the classifier's accuracy, the flags under FLAGS_KEY)."""
     folder.mkdir(parents=True, exist_ok=True)
-    values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve())}
+    values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve()),
+              **(recorded or {})}
     (folder / SPEC_FILE).write_text(json.dumps(values, indent=1, default=list))
 
 
@@ -354,6 +350,40 @@ def incomplete_note(trials: pd.DataFrame, spec: dict, space: str | None = None) 
             f"python study/run.py --space {space} --name {spec['name']} --resume")
 
 
+def metric_pairs(row) -> list[tuple[str, float, float]]:
+    """(name, validation value, test value) for every metric measured on both splits, from a trials.csv row
+    (test is NaN for trials that did not complete and for tables made before the test split existed)."""
+    pairs = []
+    for test_name in TEST_METRICS:
+        name = test_name.removeprefix(TEST_PREFIX)
+        validation_name = name if name in row else VALIDATION_PREFIX + name
+        pairs.append((name, float(row.get(validation_name, np.nan)), float(row.get(test_name, np.nan))))
+    return pairs
+
+
+def has_test_numbers(trials: pd.DataFrame) -> bool:
+    """Whether a trials table carries test-split numbers (tables made before the test split do not)."""
+    return any(name in trials and trials[name].notna().any() for name in TEST_METRICS)
+
+
+def on_test_split(trials: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials with every sample metric column holding its test-split value (test_<metric>), so tables
+    and verdicts state numbers no selection saw; unchanged (validation) for tables without test numbers."""
+    completed = trials[trials["status"] == STATUS_COMPLETED].copy()
+    if not has_test_numbers(trials):
+        return completed
+    for test_name in TEST_METRICS:
+        name = test_name.removeprefix(TEST_PREFIX)
+        if test_name in completed and name in completed:
+            completed[name] = completed[test_name]
+    return completed
+
+
+def split_label(trials: pd.DataFrame) -> str:
+    """'test' or 'validation': which split on_test_split's numbers come from."""
+    return "test" if has_test_numbers(trials) else "validation (made before the test split existed)"
+
+
 def pareto_mask(trials: pd.DataFrame, columns, modes) -> np.ndarray:
     """True for rows not dominated on `columns` (each minimised or maximised per `modes`); NaN rows never are."""
     values = np.column_stack([trials[c].astype(float).to_numpy() * (1 if mode == "min" else -1)
@@ -364,20 +394,22 @@ def pareto_mask(trials: pd.DataFrame, columns, modes) -> np.ndarray:
 
 
 def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:
-    """Trials not dominated on the best-epoch objective metrics."""
-    return trials[pareto_mask(trials, [BEST_PREFIX + m for m in metrics], modes)]
+    """Trials not dominated on the objective metrics (validation, last epoch)."""
+    return trials[pareto_mask(trials, list(metrics), modes)]
 
 
-BEST_RULE = ("The best trial is the completed trial whose best epoch has the best objective value (multi-objective: "
-             "the Pareto front, then the first metric); pruned trials count only when none completed.")
+BEST_RULE = ("A trial's result is its last epoch. The best trial is the completed trial with the best validation "
+             "objective at its last epoch (multi-objective: on the Pareto front, then best in the first metric); "
+             "pruned trials count only when none completed. Its test_* columns are the study's headline numbers: "
+             "the test split was measured once per completed trial and never used to choose.")
 
 
 def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
-    """The study's best trial: among completed trials, the best value of the objective at its best epoch
-    (multi-objective: the Pareto front, then the first metric). Pruned trials stopped at lower fidelity, so
+    """The study's best trial (BEST_RULE): among completed trials, the best validation objective at the last
+    epoch (multi-objective: the Pareto front, then the first metric). Pruned trials stopped at lower fidelity, so
     they are candidates only when no trial completed; running, interrupted, diverged and failed trials never are.
     """
-    objective = trials[[BEST_PREFIX + m for m in metrics]].astype(float)
+    objective = trials[list(metrics)].astype(float)
     usable = np.isfinite(objective).all(axis=1)
     candidates = trials[usable & (trials["status"] == STATUS_COMPLETED)]
     if candidates.empty:
@@ -386,6 +418,5 @@ def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
         raise ValueError("no completed or pruned trial with finite objective values yet")
     if len(metrics) > 1:
         candidates = pareto_front(candidates, metrics, modes)
-    column = BEST_PREFIX + metrics[0]
-    order = candidates[column].astype(float)
+    order = candidates[metrics[0]].astype(float)
     return candidates.loc[order.idxmin() if modes[0] == "min" else order.idxmax()]

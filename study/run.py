@@ -157,24 +157,71 @@ def check_study_folder(args, spec, results_dir: Path, experiment: str) -> None:
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
 
 
-def check_same_study(spec, results_dir: Path) -> None:
+RESUME_FLAGS = ("storage", "storage_path", "reuse_actors")  # flags that change what a study is (beyond the spec)
+
+
+def run_flags(args) -> dict:
+    """The flags study.json records next to the spec (where a study runs, --address/--mlflow, may change)."""
+    return {flag: getattr(args, flag) for flag in RESUME_FLAGS}
+
+
+def check_same_study(spec, args, results_dir: Path) -> None:
     """--resume continues the study that started: its study file's content and every flag as they were then.
 
     Tune rebuilds the trainable from what this run passes, so a changed --max-epochs or --dataset would
     silently change unfinished trials while finished ones keep the old settings.
     """
-    from study.results import SPEC_FILE
+    from study.results import FLAGS_KEY, SPEC_FILE
 
     try:
         stored = json.loads((results_dir / SPEC_FILE).read_text())
     except (OSError, ValueError):
         fail(f"--resume: {results_dir / SPEC_FILE} is missing or damaged; it records the study that started")
-    now = json.loads(json.dumps(spec.to_dict(), default=list))
-    changed = sorted(key for key in set(stored) | set(now) if key != "path" and stored.get(key) != now.get(key))
+    now = {**json.loads(json.dumps(spec.to_dict(), default=list)), FLAGS_KEY: run_flags(args)}
+    stored_flags, now_flags = stored.get(FLAGS_KEY) or {}, now.pop(FLAGS_KEY)
+    changed = [f"{key} was {stored.get(key)!r}, now {now.get(key)!r}" for key in sorted(now)
+               if key != "path" and stored.get(key) != now.get(key)]
+    changed += [f"--{flag.replace('_', '-')} was {stored_flags.get(flag)!r}, now {now_flags[flag]!r}"
+                for flag in RESUME_FLAGS if FLAGS_KEY in stored and stored_flags.get(flag) != now_flags[flag]]
     if changed:
-        fail("--resume with a different study: " + "; ".join(
-            f"{key} was {stored.get(key)!r}, now {now.get(key)!r}" for key in changed)[:600]
-             + ". Resume with the study file and flags it started with")
+        fail("--resume with a different study: " + "; ".join(changed)[:600]
+             + ". Resume with the study file and flags it started with, or start a new study with --name")
+
+
+CLASSIFIER_CHECK = ("import json, sys\nfrom cvae.classifier import classifier_for\nfrom cvae.config import TrialConfig\n"
+                    "c = classifier_for(TrialConfig.from_dict(json.loads(sys.argv[1])))\n"
+                    "print('CLASSIFIER ' + json.dumps({'accuracy': c.accuracy, 'required': c.required}))\n")
+
+
+def check_classifier(spec, extra_env: dict) -> dict:
+    """Train (once, cached) or load the study's reference classifier in a child process and refuse to start,
+    exit 2, when its test accuracy is below its dataset's bar, unless the study file says allow_weak_classifier.
+
+    A child keeps TensorFlow (its memory, threads and start-up lines) out of the driver.
+    Returns:
+        {"classifier_accuracy", "classifier_required"} for study.json.
+    """
+    config = spec.trial_config({})
+    print(f"reference classifier for {config.dataset}: loading (the first time it trains, about a minute on 2 "
+          "cores)", flush=True)
+    env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    child = subprocess.run([sys.executable, "-c", CLASSIFIER_CHECK, config.to_json()], capture_output=True, text=True,
+                           env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    found = [line for line in child.stdout.splitlines() if line.startswith("CLASSIFIER ")]
+    if child.returncode != 0 or not found:
+        fail(f"the reference classifier for {config.dataset} could not be prepared "
+             f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
+    result = json.loads(found[-1].split(" ", 1)[1])
+    from cvae.classifier import Classifier, weak_classifier_message
+
+    message = weak_classifier_message(Classifier(None, result["accuracy"], result["required"], Path()), config.dataset)
+    if message and not spec.allow_weak_classifier:
+        fail(message + "; fix the data, or set allow_weak_classifier: true in the study file to run anyway")
+    print(f"reference classifier for {config.dataset}: {result['accuracy']:.1%} test accuracy "
+          f"(needs {result['required']:.0%}){'; BELOW ITS BAR, allowed by the study file' if message else ''}",
+          flush=True)
+    return {"classifier_accuracy": result["accuracy"], "classifier_required": result["required"]}
 
 
 def check_data(spec) -> None:
@@ -305,7 +352,8 @@ def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False)
 
 
 def summarise(trials, spec, results_dir: Path) -> None:
-    from study.results import BEST_PREFIX, best_trial, resolve_path, trial_params
+    from cvae.metrics import TEST_PREFIX
+    from study.results import best_trial, resolve_path, trial_params
 
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -315,10 +363,11 @@ def summarise(trials, spec, results_dir: Path) -> None:
         print(f"no best trial: {error}")
         return
     params = trial_params(best)
-    print(f"best trial {best['trial_id']} (epoch {best['best_epoch']:.0f}): " +
+    print(f"best trial {best['trial_id']} (chosen on validation {', '.join(spec.metrics)}): " +
           ", ".join(f"{k}={v}" for k, v in params.items()))
-    print("  " + ", ".join(f"{m}={best[BEST_PREFIX + m]:.4g}" for m in
-                           ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")))
+    shown = ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")
+    print("  test:       " + ", ".join(f"{m}={best.get(TEST_PREFIX + m, float('nan')):.4g}" for m in shown))
+    print("  validation: " + ", ".join(f"{m}={best[m]:.4g}" for m in shown))
     print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
     print("next:\n"
@@ -355,7 +404,7 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
     try:
         check_study_folder(args, spec, results_dir, experiment)
         if args.resume:
-            check_same_study(spec, results_dir)
+            check_same_study(spec, args, results_dir)
         check_data(spec)
         return run_study(args, spec, results_dir, storage_path, experiment)
     finally:
@@ -367,17 +416,19 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
     if args.address:
         probe_cluster(args.address)
 
-    from study.results import STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
+    from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
     from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
+    extra_env = check_download(spec)
     if not args.resume:
-        save_spec(results_dir, spec)  # written once: the record of what this study is
+        recorded = {**check_classifier(spec, extra_env), FLAGS_KEY: run_flags(args)}
+        save_spec(results_dir, spec, recorded)  # written once: the record of what this study is
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
           f"{'/' + spec.sampler if spec.algorithm == 'optuna' else ''}, objective "
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    start_ray(args.address, spec, check_download(spec), args.verbose)
+    start_ray(args.address, spec, extra_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
     if not args.verbose:
@@ -396,7 +447,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
         tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers)
     grid = tuner.fit()
     records = finish_records(grid, spec, load_records(results_dir))
-    trials, _ = write_tables(results_dir, records, spec.metrics, spec.modes)
+    trials, _ = write_tables(results_dir, records)
     remove_orphan_folders(experiment, set(trials["trial_id"]) if len(trials) else set())
     for tracker in trackers:
         tracker.finish(records, results_dir)

@@ -14,13 +14,14 @@ import yaml
 
 from cvae.cli import DATA_FLAGS
 from cvae.config import MAX_EPOCHS, PRESETS, TrialConfig, preset
-from cvae.metrics import METRICS
+from cvae.metrics import METRICS, TEST_PREFIX, WEIGHT_DEPENDENT
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES_DIR = REPO / "search_spaces"
 PRESET_PARAMETER = "preset"  # a grid parameter naming presets; every other parameter is a TrialConfig field
 
-TOP_KEYS = ("name", "description", "base", "fixed", "parameters", "objective", "search", "scheduler", "resources")
+TOP_KEYS = ("name", "description", "base", "fixed", "parameters", "objective", "search", "scheduler", "resources",
+            "allow_weak_classifier")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "categorical")
 ALGORITHMS = ("optuna", "grid")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
@@ -139,6 +140,7 @@ class StudySpec:
     reduction_factor: int = 3
     cpu: float = 1.0
     gpu: float = 0.0
+    allow_weak_classifier: bool = False  # run even when the reference classifier misses its accuracy bar
 
     @property
     def multi_objective(self) -> bool:
@@ -200,7 +202,9 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
-        """The inverse of to_dict (a results folder's study.json back to a spec)."""
+        """The inverse of to_dict (a results folder's study.json back to a spec; what the start recorded besides
+        the spec, e.g. the classifier's accuracy, is left out)."""
+        data = {key: value for key, value in data.items() if key in {f.name for f in dataclasses.fields(cls)}}
         parameters = tuple(Parameter(**{**p, "values": tuple(p.get("values") or ())}) for p in data.get("parameters", ()))
         tuples = {key: tuple(data[key]) for key in ("metrics", "modes") if key in data}
         return cls(**{**data, "parameters": parameters, **tuples})
@@ -285,6 +289,7 @@ def load_spec(space: str | Path) -> StudySpec:
         scheduler=scheduler.get("type", "fifo"), max_epochs=scheduler.get("max_epochs"),
         grace_period=scheduler.get("grace_period", 1), reduction_factor=scheduler.get("reduction_factor", 3),
         cpu=resources.get("cpu", 1), gpu=resources.get("gpu", 0),
+        allow_weak_classifier=raw.get("allow_weak_classifier", False),
     )
     spec = StudySpec(**values)
     _check_semantics(spec, where)
@@ -299,9 +304,17 @@ def _parse_objective(objective: dict, where: str) -> tuple[tuple[str, ...], tupl
         metrics = tuple(metrics)
     else:
         metrics = (metrics,)
+    allowed = [name for name in METRICS if name not in WEIGHT_DEPENDENT and not name.startswith(TEST_PREFIX)]
     for metric in metrics:
+        if metric in WEIGHT_DEPENDENT:
+            raise SpecError(f"{where}: objective: {metric} adds each trial's own grey weight and L2 penalty, so two "
+                            "trials' values measure different things; use val_elbo (reconstruction + KL) or a sample "
+                            "metric such as fid")
+        if isinstance(metric, str) and metric.startswith(TEST_PREFIX) and metric in METRICS:
+            raise SpecError(f"{where}: objective: {metric} is measured on the test split, which no selection may "
+                            f"see; optimise {metric.removeprefix(TEST_PREFIX)} (validation) instead")
         if not isinstance(metric, str) or metric not in METRICS:
-            raise SpecError(f"{where}: objective: metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
+            raise SpecError(f"{where}: objective: metric {metric!r} is unknown; allowed: {', '.join(allowed)}")
     modes = objective.get("mode")
     if modes is None:
         modes = tuple(METRICS[m].mode for m in metrics)
@@ -420,6 +433,8 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
         value = getattr(spec, key)
         need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high,
              f"resources: {key} must be a number in [0, {high}], got {value!r}")
+    need(isinstance(spec.allow_weak_classifier, bool),
+         f"allow_weak_classifier must be true or false, got {spec.allow_weak_classifier!r}")
     need(spec.cpu > 0, "resources: cpu must be > 0 (each trial runs TensorFlow on at least part of a core)")
     if spec.algorithm == "grid":
         points = math.prod(len(p.values) for p in spec.parameters) * spec.repeats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -15,12 +16,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from cvae.cli import error_cause
-from study.results import (BEST_PREFIX, ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
+from cvae.metrics import STATUS_COMPLETED
+from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
 from study.trainable import run_trial
 
+logger = logging.getLogger(__name__)
 TIME_ATTR = "epoch"
 TRIAL_FOLDER_PREFIX = "run_trial_"  # Tune names a trial's folder run_trial_<trial id>_<params>_<time>
 KEY_PARAMS_SHOWN = 4
@@ -44,13 +47,35 @@ def make_sampler(name: str, seed: int, multi_objective: bool):
     raise ValueError(f"unknown sampler {name!r}")
 
 
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells Optuna how each trial really ended.
+
+    Ray's OptunaSearch records a trial ASHA stopped early as COMPLETE with its last (low-fidelity) value, as if
+    it had trained fully; here it is PRUNED (Optuna keeps its per-epoch values), a diverged trial FAIL, and only
+    a trial that ran all its epochs COMPLETE.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        status = (result or {}).get("status")
+        if error or status == STATUS_COMPLETED or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        from optuna.trial import TrialState
+
+        state = TrialState.PRUNED if status == STATUS_RUNNING else TrialState.FAIL
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+        except Exception as exc:  # noqa: BLE001 (Optuna refuses e.g. a second tell; the study goes on)
+            logger.warning(exc)
+        self._completed_trials.add(trial_id)
+
+
 def make_searcher(spec, storage: str | None):
     """OptunaSearch (seeded, warm-started with the base preset) behind a ConcurrencyLimiter; None for grids."""
     if spec.algorithm == "grid":
         return None
     multi = spec.multi_objective
     point = spec.base_point()
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=spec.optuna_distributions(),
         metric=list(spec.metrics) if multi else spec.metrics[0],
         mode=list(spec.modes) if multi else spec.modes[0],
@@ -134,7 +159,7 @@ class StudyProgress(tune.Callback):
 
     def _write(self, force: bool = False) -> None:
         if force or time.time() - self.last_write > TRIALS_WRITE_S:
-            write_trials(self.results_dir, list(self.records.values()), self.spec.metrics, self.spec.modes)
+            write_trials(self.results_dir, list(self.records.values()))
             self.last_write = time.time()
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -214,11 +239,11 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_ru
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in ENDED if statuses.count(s))
     running = len(records) - ended
     text = f"study: {ended}/{planned} trials ended" + (f" ({counts})" if counts else "") + f", {running} running"
-    metric, mode = spec.metrics[0], spec.modes[0]
+    metric = spec.metrics[0]
     try:
-        table = pd.DataFrame([trial_row(record, metric, mode) for record in records])
+        table = pd.DataFrame([trial_row(record) for record in records])
         best = best_trial(table, spec.metrics, spec.modes)
-        text += f"; best {metric} {best[BEST_PREFIX + metric]:.4g} (trial {best['trial_id']})"
+        text += f"; best {metric} {best[metric]:.4g} (trial {best['trial_id']})"
     except (ValueError, KeyError):
         text += "; no best trial yet"
     if ended >= planned:
@@ -277,11 +302,9 @@ def run_config(spec, storage_path: str, callbacks: list) -> tune.RunConfig:
         callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(
-            # The best epoch by the objective; Tune keeps the newest as well (needed to resume). One also makes
-            # every checkpoint push the experiment state to the storage folder at once (a resume sees it).
+            # The newest: a trial's result is its last epoch (results.BEST_RULE) and a resume needs it. Keeping
+            # one also makes every checkpoint push the experiment state to the storage folder at once.
             num_to_keep=1,
-            checkpoint_score_attribute=spec.metrics[0],
-            checkpoint_score_order=spec.modes[0],
         ),
         failure_config=tune.FailureConfig(max_failures=2),
     )
@@ -323,13 +346,8 @@ def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
             record = by_id[trial_id] = TrialRecord(trial_id, params, planned_epochs=planned_epochs(spec, params))
         if result.error and not record.error:
             record.error = error_cause(str(result.error), type(result.error).__name__)
-        try:
-            chosen = result.get_best_checkpoint(spec.metrics[0], spec.modes[0])
-        except (RuntimeError, ValueError, KeyError):  # no scored checkpoint (e.g. diverged at once)
-            chosen = None
-        chosen = chosen or result.checkpoint
-        if chosen is not None:
-            record.checkpoint = chosen.path
+        if result.checkpoint is not None:  # the last epoch's: the trial's result
+            record.checkpoint = result.checkpoint.path
     # A trial started in the moment before a driver was killed, before Tune's experiment state reached the
     # storage folder, is unknown to the resumed Tune, which starts its configuration afresh. Such a trial
     # measured nothing (each epoch's checkpoint sends that state out at once), so its row goes.

@@ -19,13 +19,16 @@ def test_embedded_sample_is_real_mnist():
     assert abs(ratios[dataset.labels == 1].mean() - 0.077) < 0.005
 
 
-def test_split_is_stratified_deterministic_and_disjoint():
+def test_three_splits_are_stratified_deterministic_and_disjoint():
     labels = data.load_dataset("mnist-5k").labels
-    train, held = data.split_indices(labels, 0.1)
-    again_train, again_held = data.split_indices(labels, 0.1)
-    assert np.array_equal(train, again_train) and np.array_equal(held, again_held)
-    assert not set(train) & set(held) and len(train) + len(held) == 5000
-    assert np.bincount(labels[held]).tolist() == [50] * 10
+    train, validation, test = data.split_indices(labels, 0.1, 0.2)
+    again = data.split_indices(labels, 0.1, 0.2)
+    assert all(np.array_equal(a, b) for a, b in zip((train, validation, test), again))
+    assert not set(train) & set(validation) and not set(train) & set(test) and not set(validation) & set(test)
+    assert len(train) + len(validation) + len(test) == 5000
+    assert np.bincount(labels[validation]).tolist() == [50] * 10 and np.bincount(labels[test]).tolist() == [100] * 10
+    prepared = data.prepare_data("mnist-5k", "per_class", 0.1, 0.2, max_train_samples=300)
+    assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (300, 500, 1000)
 
 
 def test_stratified_subset_keeps_class_balance():

@@ -11,7 +11,7 @@ from cvae.data import load_dataset, split_indices
 @pytest.fixture(scope="module")
 def halves():
     dataset = load_dataset("mnist-5k")
-    _, held = split_indices(dataset.labels, 0.2)
+    _, held, _ = split_indices(dataset.labels, 0.2, 0.1)
     images, labels = dataset.images[held] / 255.0, dataset.labels[held]
     even, odd = np.arange(0, len(held), 2), np.arange(1, len(held), 2)
     return (images[even], labels[even]), (images[odd], labels[odd])
@@ -49,7 +49,7 @@ def test_fid_and_accuracy_prefer_real_over_blurred_and_blank(halves):
 
     (real, labels), (reference, _) = halves
     classifier = load_classifier("mnist-5k")
-    assert classifier.held_out_accuracy >= required_accuracy(5000)
+    assert classifier.accuracy >= classifier.required == required_accuracy("mnist-5k", 5000) == 0.97
     reference_features, _ = classifier.predict(reference)
     fid = {}
     for name, images in (("real", real), ("blurred", blurred(real)), ("blank", np.zeros_like(real))):
@@ -84,12 +84,12 @@ def test_corrupt_classifier_cache_is_not_trusted(tmp_path):
     model.write_bytes(b"not a keras archive")
     good_sha = hashlib.sha256(model.read_bytes()).hexdigest()
     # checksum matches but the file is no model: rejected
-    info.write_text(json.dumps({"fingerprint": "abc", "sha256": good_sha, "held_out_accuracy": 0.99}))
+    info.write_text(json.dumps({"fingerprint": "abc", "sha256": good_sha, "test_accuracy": 0.99}))
     with pytest.warns(UserWarning, match="unusable"):
         assert _load_cached(model, info, "abc") is None
     # tampered file (checksum mismatch) and a cache for other digits (fingerprint mismatch): rejected
     for sha, fingerprint in (("0" * 64, "abc"), (good_sha, "other-digits")):
-        info.write_text(json.dumps({"fingerprint": "abc", "sha256": sha, "held_out_accuracy": 0.99}))
+        info.write_text(json.dumps({"fingerprint": "abc", "sha256": sha, "test_accuracy": 0.99}))
         with pytest.warns(UserWarning, match="checksum or dataset fingerprint mismatch"):
             assert _load_cached(model, info, fingerprint) is None
     info.write_text("{ truncated")

@@ -73,7 +73,11 @@ BAD = [
      "multi-objective) cannot be used with scheduler type asha"),
     ("base: model_4", "base: model_6", "base: unknown preset 'model_6'; allowed: model_1"),
     ("sampler: tpe", "sampler: bayes", "sampler 'bayes' is unknown; allowed: tpe, random, cmaes, gp, nsga2"),
-    ("metric: fid", "metric: fidd", "metric 'fidd' is unknown; allowed: loss"),
+    ("metric: fid", "metric: fidd", "metric 'fidd' is unknown; allowed: reconstruction"),
+    ("metric: fid", "metric: val_loss", "val_loss adds each trial's own grey weight and L2 penalty"),
+    ("metric: fid", "metric: loss", "loss adds each trial's own grey weight"),
+    ("metric: fid", "metric: test_fid", "test_fid is measured on the test split, which no selection may see"),
+    ("base: model_4", "base: model_4\nallow_weak_classifier: 1", "allow_weak_classifier must be true or false"),
     ("fixed: {dataset: mnist-5k}", "fixed: {dataset: cifar}", "fixed: dataset='cifar'; allowed: mnist"),
     ("high: 3.0}", "high: 3.0, bins: 4}", "parameters.grey_weight: unknown key 'bins'"),
 ]
