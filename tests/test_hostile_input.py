@@ -119,7 +119,7 @@ STUDY_FILES = {
                                   "asha"),
     "metric unknown": (swap("metric: fid", "metric: fidd"), "fidd"),
     "mode unknown": (swap("mode: min}", "mode: minimize}"), "mode"),
-    "mode count mismatch": (swap("metric: fid, mode: min}\n", "metric: [fid, loss], mode: [min]}\n").replace(
+    "mode count mismatch": (swap("metric: fid, mode: min}\n", "metric: [fid, val_elbo], mode: [min]}\n").replace(
         "type: asha", "type: fifo"), "mode"),
     "fixed epochs zero": (swap("max_train_samples: 300}", "max_train_samples: 300, epochs: 0}"), "epochs"),
     "fixed epochs astronomic": (swap("max_train_samples: 300}", "max_train_samples: 300, epochs: 1e12}"), "epochs"),
