@@ -58,6 +58,9 @@ def parse_args(argv, prog: str = "python study/run.py"):
                         "needs pip install -e '.[mlflow]'")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's and TensorFlow's own start-up, checkpoint and progress lines")
+    parser.add_argument("--keep-checkpoints", type=int, default=1, metavar="N",
+                        help="checkpoints each trial keeps, newest first (default 1: the one a resume needs, which is "
+                        "the trial's result); a trial that has ended keeps its weights only, not its optimizer state")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                         help="start a fresh worker process per trial (default: reuse, which skips TensorFlow "
                         "start-up; ASHA studies always start fresh ones, as pruned trials cannot hand theirs on)")
@@ -65,7 +68,7 @@ def parse_args(argv, prog: str = "python study/run.py"):
 
 
 MAX_FLAG = {"num_samples": MAX_TRIALS, "max_epochs": MAX_EPOCHS, "max_concurrent": MAX_CONCURRENT,
-            "max_train_samples": MAX_TRAIN_SAMPLES}
+            "max_train_samples": MAX_TRAIN_SAMPLES, "keep_checkpoints": MAX_EPOCHS}
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
 
@@ -351,6 +354,25 @@ def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False)
             print(f"warning: {message} (or add nodes: trials wait until one fits)", file=sys.stderr, flush=True)
 
 
+def report_disk(experiment: str, results_dir: Path, records) -> None:
+    """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
+    again); then print what the study's checkpoints take on disk."""
+    from cvae.checkpoint import strip_training_state
+    from study.results import ENDED, resolve_path, trial_status
+
+    if "://" in experiment or not Path(experiment).is_dir():
+        return
+    freed = 0
+    for record in records:
+        if record.checkpoint and trial_status(record) in ENDED:
+            folder = resolve_path(results_dir, record.checkpoint)
+            for checkpoint in Path(folder).parent.glob("checkpoint_*"):  # every kept one (--keep-checkpoints)
+                freed += strip_training_state(checkpoint)
+    used = sum(path.stat().st_size for path in Path(experiment).rglob("*") if path.is_file())
+    print(f"disk: {used / 1e6:.0f} MB of checkpoints and logs in {experiment}"
+          + (f" ({freed / 1e6:.0f} MB of ended trials' optimizer state removed)" if freed else ""), flush=True)
+
+
 def summarise(trials, spec, results_dir: Path) -> None:
     from cvae.metrics import TEST_PREFIX
     from study.results import best_trial, resolve_path, trial_params
@@ -444,11 +466,13 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
     if args.resume:
         tuner = restore_tuner(spec, experiment, results_dir, trackers)
     else:
-        tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers)
+        tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers,
+                            args.keep_checkpoints)
     grid = tuner.fit()
     records = finish_records(grid, spec, load_records(results_dir))
     trials, _ = write_tables(results_dir, records)
     remove_orphan_folders(experiment, set(trials["trial_id"]) if len(trials) else set())
+    report_disk(experiment, results_dir, records)
     for tracker in trackers:
         tracker.finish(records, results_dir)
     note = incomplete_note(trials, spec.to_dict(), args.space)

@@ -28,6 +28,7 @@ TIME_ATTR = "epoch"
 TRIAL_FOLDER_PREFIX = "run_trial_"  # Tune names a trial's folder run_trial_<trial id>_<params>_<time>
 KEY_PARAMS_SHOWN = 4
 TRIALS_WRITE_S = 2.0  # trials.csv is a summary of epochs.csv (the log), so it may lag by this much
+WRITE_COST_RATIO = 20  # a trials.csv rewrite waits at least this many times the previous one's duration
 STATUS_EVERY_S, STATUS_MIN_GAP_S = 60.0, 10.0  # how often the study's own progress line is printed
 
 
@@ -95,8 +96,9 @@ def make_scheduler(spec):
     return FIFOScheduler()
 
 
-def make_trainable(spec):
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": spec.cpu, "gpu": spec.gpu})
+def make_trainable(spec, trainable=run_trial):
+    """The trial function with its spec and resources (benchmarks/study_scale.py passes a trivial one)."""
+    return tune.with_resources(tune.with_parameters(trainable, spec=spec), {"cpu": spec.cpu, "gpu": spec.gpu})
 
 
 def param_space(spec) -> dict:
@@ -129,7 +131,7 @@ class StudyProgress(tune.Callback):
         self.records: dict[str, TrialRecord] = {}
         self.epoch_log: EpochLog | None = None
         self.started = time.time()
-        self.last_write = 0.0
+        self.last_write, self.write_seconds, self.dirty = 0.0, 0.0, False
 
     def setup(self, **info):
         # Clocks start with this run: time between a stop and --resume is not study time.
@@ -157,24 +159,33 @@ class StudyProgress(tune.Callback):
         elapsed = time.time() - self.started
         print(f"[{elapsed:6.0f}s] {trial.trial_id} {text:<38} {params}", flush=True)
 
-    def _write(self, force: bool = False) -> None:
-        if force or time.time() - self.last_write > TRIALS_WRITE_S:
-            write_trials(self.results_dir, list(self.records.values()))
-            self.last_write = time.time()
+    def _write(self, soon: bool = False) -> None:
+        """Rewrite trials.csv: `soon` (a trial started, ended or was pruned) as soon as allowed, else at most
+        every TRIALS_WRITE_S. A rewrite is O(trials), so it is also never closer to the previous one than
+        WRITE_COST_RATIO times that one's duration: the driver spends at most ~1/WRITE_COST_RATIO of its time
+        on the summary however many trials there are (epochs.csv, the log, is appended O(1) per epoch)."""
+        self.dirty = True
+        since = time.time() - self.last_write
+        if since < WRITE_COST_RATIO * self.write_seconds or (not soon and since < TRIALS_WRITE_S):
+            return
+        started = time.perf_counter()
+        write_trials(self.results_dir, list(self.records.values()))
+        self.write_seconds = time.perf_counter() - started
+        self.last_write, self.dirty = time.time(), False
 
     def on_trial_start(self, iteration, trials, trial, **info):
         record = self._record(trial)
         if record.started_at is None:  # a resumed trial keeps its first start: the history's order
             record.started_at = time.time()
         self._line(trial, "started")
-        self._write(force=True)  # the trial exists on disk before anything else happens to it
+        self._write(soon=True)  # on disk at once while a rewrite is cheap; at scale, after the next few events
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._record(trial)
         row = {k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)}
         if row.get("status") == STATUS_ERROR:  # the trainable caught an exception: not an epoch
             record.error = str(row.get(ERROR_KEY) or "error")
-            self._write(force=True)
+            self._write(soon=True)
             return
         # an epoch re-run after a resume replaces its earlier report; rows stay in epoch order
         record.rows = sorted([r for r in record.rows if r.get("epoch") != row.get("epoch")] + [row],
@@ -186,7 +197,7 @@ class StudyProgress(tune.Callback):
         objective = ", ".join(f"{m}={_short(row.get(m))}" for m in self.spec.metrics)
         planned = f"/{record.planned_epochs}" if record.planned_epochs else ""
         self._line(trial, f"epoch {row.get('epoch')}{planned} {objective} [{trial_status(record)}]")
-        self._write(force=record.pruned)
+        self._write(soon=record.pruned)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._record(trial).checkpoint = getattr(checkpoint, "path", None)
@@ -195,14 +206,14 @@ class StudyProgress(tune.Callback):
         record = self._record(trial)
         self._line(trial, f"ended: {trial_status(record)} after {len(record.rows)} epoch(s)"
                    + (f": {record.error}" if record.error else ""))
-        self._write(force=True)
+        self._write(soon=True)
         self._ended(record)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
         record.error = error_message(trial)
         self._line(trial, f"error: {record.error}")
-        self._write(force=True)
+        self._write(soon=True)
         self._ended(record)
 
     def _ended(self, record: TrialRecord) -> None:
@@ -210,7 +221,12 @@ class StudyProgress(tune.Callback):
         self.ended_this_run += 1
         self._status(soon=True)
 
+    def on_experiment_end(self, trials, **info):
+        write_trials(self.results_dir, list(self.records.values()))
+
     def on_step_begin(self, iteration, trials, **info):
+        if self.dirty:  # an event whose rewrite had to wait
+            self._write(soon=True)
         self._status()
 
     def _status(self, soon: bool = False) -> None:
@@ -272,13 +288,14 @@ def error_message(trial) -> str:
 
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
-                reuse_actors: bool = True, trackers: tuple = ()) -> tune.Tuner:
+                reuse_actors: bool = True, trackers: tuple = (), keep_checkpoints: int = 1,
+                trainable=run_trial) -> tune.Tuner:
     """A fresh Tuner for the study, with the live-progress callback (and any trackers, e.g. MLflow) attached."""
     progress = StudyProgress(spec, results_dir)
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, optuna_storage)
     tuner = tune.Tuner(
-        make_trainable(spec),
+        make_trainable(spec, trainable),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -290,12 +307,12 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
             # before it starts and the ConcurrencyLimiter never frees its slot (the study hangs).
             reuse_actors=reuse_actors and spec.scheduler != "asha",
         ),
-        run_config=run_config(spec, storage_path, [progress, *trackers]),
+        run_config=run_config(spec, storage_path, [progress, *trackers], keep_checkpoints),
     )
     return tuner
 
 
-def run_config(spec, storage_path: str, callbacks: list) -> tune.RunConfig:
+def run_config(spec, storage_path: str, callbacks: list, keep_checkpoints: int = 1) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_path,
@@ -304,7 +321,7 @@ def run_config(spec, storage_path: str, callbacks: list) -> tune.RunConfig:
         checkpoint_config=tune.CheckpointConfig(
             # The newest: a trial's result is its last epoch (results.BEST_RULE) and a resume needs it. Keeping
             # one also makes every checkpoint push the experiment state to the storage folder at once.
-            num_to_keep=1,
+            num_to_keep=keep_checkpoints,
         ),
         failure_config=tune.FailureConfig(max_failures=2),
     )

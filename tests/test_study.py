@@ -1,7 +1,9 @@
 """The Ray study end to end: smoke study, NaN trial, driver killed + --resume, two-node cluster with a lost node."""
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +63,11 @@ def test_smoke_study_end_to_end(tmp_path, study_cli):
     assert len(epochs) == 2 and set(epochs["trial_id"]) == set(trials["trial_id"])
     # Optuna's warm start: the base preset (model_4: latent 40, grey 0.32) was one of the trials
     assert ((trials["param_latent_dim"] == 40) & np.isclose(trials["param_grey_weight"], 0.32)).any()
-    for column in ("fid", "best_fid", "class_accuracy", "wall_time_s", "checkpoint", "dataset_source", "node_id"):
+    for column in ("fid", "test_fid", "test_elbo", "val_elbo", "class_accuracy", "classifier_accuracy", "wall_time_s",
+                   "checkpoint", "dataset_source", "node_id"):
         assert trials[column].notna().all(), column
+    recorded = json.loads((tmp_path / "smoke" / "study.json").read_text())
+    assert recorded["classifier_accuracy"] == trials["classifier_accuracy"][0] >= recorded["classifier_required"] == 0.97
     assert set(trials["dataset_source"]) == {"embedded-mnist-5k"}
     import optuna  # the Optuna study is in the database, readable by optuna-dashboard and the optuna CLI
 
@@ -183,6 +188,11 @@ def test_interrupt_and_kill_then_resume(tmp_path, study_cli, write_space):
 
     changed = study_cli("--space", space, "--resume", "--max-epochs", "3", results=tmp_path, timeout=60)
     assert changed.returncode == 2 and "--resume with a different study: max_epochs was 5, now 3" in changed.stderr
+    flag = study_cli("--space", space, "--resume", "--no-reuse-actors", results=tmp_path, timeout=60)
+    assert flag.returncode == 2 and "--reuse-actors was True, now False" in flag.stderr
+    edited = write_space(tmp_path, "edited", space.read_text().replace("high: 1.0", "high: 2.0"))
+    file_changed = study_cli("--space", edited, "--name", "resumable", "--resume", results=tmp_path, timeout=60)
+    assert file_changed.returncode == 2 and "parameters was" in file_changed.stderr
 
     driver = _start(space, tmp_path, "second.log", "--resume")
     try:
@@ -403,16 +413,64 @@ def test_relative_data_path_reaches_the_trials(tmp_path, embedded_digits):
     assert list(trials["status"]) == ["completed"] and trials["dataset_source"][0] == "user:digits"
 
 
-def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_path, study_cli):
+def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_path, embedded_digits):
+    write_idx(tmp_path / "digits", *embedded_digits)  # the embedded digits, so the cached classifier serves
+    driver = subprocess.Popen([sys.executable, str(REPO / "study/run.py"), "--space", "smoke.yaml", "--dataset", "mnist",
+                               "--data-path", "digits", "--num-samples", "1", "--results-dir", "results"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in driver.stdout:  # the driver has checked the data and the classifier: now the data goes away
+        lines.append(line)
+        if "test accuracy" in line:
+            shutil.rmtree(tmp_path / "digits")
+            break
+    stdout, stderr = driver.communicate(timeout=300)
+    stdout = "".join(lines) + stdout
+    assert driver.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "1 trial(s) failed with an error" in stderr
+    assert "retrying" not in stdout
+    trials = pd.read_csv(tmp_path / "results" / "smoke" / "trials.csv")
+    assert list(trials["status"]) == ["error"]
+    assert trials["error"][0].startswith("DatasetError: ") and "\x1b" not in trials["error"][0]
+
+
+def test_an_unusable_classifier_cache_is_refused_before_ray_starts(tmp_path, study_cli):
     (tmp_path / "cache").write_text("a file where the classifier cache folder should be")
     environment = {**os.environ, "CVAE_CACHE_DIR": str(tmp_path / "cache")}
     result = study_cli("--space", "smoke.yaml", "--num-samples", "1", results=tmp_path, env=environment, timeout=300)
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "1 trial(s) failed with an error" in result.stderr
-    assert "retrying" not in result.stdout
-    trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
-    assert list(trials["status"]) == ["error"]
-    assert trials["error"][0].startswith("FileExistsError: ") and "\x1b" not in trials["error"][0]
+    assert result.returncode == 2 and "reference classifier for mnist-5k could not be prepared (FileExistsError" in \
+        result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "smoke" / "tune").exists()
+
+
+def test_a_weak_classifier_stops_the_study_unless_the_file_allows_it(tmp_path, embedded_digits, write_space):
+    images, labels = embedded_digits
+    images, labels = images[::5], np.random.default_rng(0).permutation(labels[::5])  # 1,000 digits, wrong labels
+    np.savez(tmp_path / "mislabelled.npz", x_train=images[:900], y_train=labels[:900], x_test=images[900:],
+             y_test=labels[900:])
+    body = """
+        name: weak
+        base: model_4
+        fixed: {dataset: mnist, data_path: mislabelled.npz, max_train_samples: 200, eval_samples: 100,
+                sweep_latents: 1, width: 0.25, latent_dim: 4}
+        parameters:
+          grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
+        search: {algorithm: optuna, num_samples: 1, max_concurrent: 1}
+        scheduler: {type: fifo, max_epochs: 1}
+    """
+    space = write_space(tmp_path, "weak", body)
+    refused = subprocess.run([sys.executable, str(REPO / "study/run.py"), "--space", space, "--results-dir", "results"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert re.fullmatch(r"error: the reference classifier for mnist reaches \d+\.\d% test accuracy, below the 97% "
+                        r"it needs .*allow_weak_classifier: true in the study file to run anyway\n", refused.stderr)
+    assert not (tmp_path / "results" / "weak" / "tune").exists()
+    space = write_space(tmp_path, "weak", body.replace("base: model_4", "base: model_4\n        allow_weak_classifier: true"))
+    allowed = subprocess.run([sys.executable, str(REPO / "study/run.py"), "--space", space, "--results-dir", "results"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert allowed.returncode == 0 and "BELOW ITS BAR, allowed by the study file" in allowed.stdout, allowed.stderr
+    trials = pd.read_csv(tmp_path / "results" / "weak" / "trials.csv")
+    assert trials["classifier_accuracy"][0] < 0.5  # recorded with every trial
 
 
 def _free_port() -> int:
