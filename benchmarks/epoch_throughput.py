@@ -79,6 +79,98 @@ def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
     return best
 
 
+def graph_baseline(data, config, steps: int, chunks: int) -> list[float]:
+    """Samples/s of a plain graph-mode training step of the same architecture, written here with raw TensorFlow
+    ops: what the reference experiments' Keras-2 script did (one compiled step per batch of 32, fed from
+    in-memory arrays, fixed batch shape, the same layers, dropout, L2, loss terms and Adam)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    batch, latent = config.batch_size, config.latent_dim
+
+    def weight(*shape):
+        fan = np.prod(shape[:-1]) + shape[-1]
+        return tf.Variable(rng.uniform(-1, 1, shape).astype(np.float32) * np.sqrt(6 / fan))
+
+    def bias(size):
+        return tf.Variable(np.zeros(size, np.float32))
+
+    conv_kernels = [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 128)]
+    deconv_kernels = [(3, 3, 80, 160), (3, 3, 40, 80), (3, 3, 1, 40)]  # (h, w, out, in) for conv2d_transpose
+    params = {
+        "conv": [(weight(*k), bias(k[-1])) for k in conv_kernels],
+        "dense": (weight(7 * 7 * 128 + 11, 256), bias(256)), "shortcut": (weight(784, 64), bias(64)),
+        "mean": (weight(320, latent), bias(latent)), "log_var": (weight(320, latent), bias(latent)),
+        "decoder_1": (weight(latent + 11, 320), bias(320)), "decoder_2": (weight(320, 7 * 7 * 160), bias(7 * 7 * 160)),
+        "deconv": [(weight(*k), bias(k[2])) for k in deconv_kernels],
+    }
+    variables = tf.nest.flatten(params)
+    import keras
+
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer.build(variables)
+    rate = config.dropout
+
+    def dense(x, layer, relu=True):
+        y = tf.matmul(x, layer[0]) + layer[1]
+        return tf.nn.relu(y) if relu else y
+
+    @tf.function(input_signature=[tf.TensorSpec((batch, 28, 28), tf.float32), tf.TensorSpec((batch, 11), tf.float32),
+                                  tf.TensorSpec((2,), tf.int32)], jit_compile=False)
+    def step(images, conditions, seed):
+        with tf.GradientTape() as tape:
+            x = images[..., None]
+            h = x
+            for number, ((kernel, offset), stride) in enumerate(zip(params["conv"], (2, 2, 1))):
+                h = tf.nn.relu(tf.nn.conv2d(h, kernel, stride, "SAME") + offset)
+                if number < 2:
+                    h = tf.nn.experimental.stateless_dropout(h, rate, seed + number)
+            h = tf.concat([tf.reshape(h, (batch, -1)), conditions], 1)
+            h = tf.concat([dense(h, params["dense"]), dense(tf.reshape(x, (batch, -1)), params["shortcut"])], 1)
+            mean, log_var = dense(h, params["mean"], False), dense(h, params["log_var"], False)
+            z = mean + tf.exp(0.5 * log_var) * tf.random.stateless_normal((batch, latent), seed + 7)
+            d = dense(dense(tf.concat([z, conditions], 1), params["decoder_1"]), params["decoder_2"])
+            d = tf.reshape(d, (batch, 7, 7, 160))
+            for number, ((kernel, offset), (size, channels, stride)) in enumerate(
+                    zip(params["deconv"], ((14, 80, 2), (28, 40, 2), (28, 1, 1)))):
+                d = tf.nn.relu(tf.nn.conv2d_transpose(d, kernel, (batch, size, size, channels), stride, "SAME")
+                               + offset)
+                if number < 2:
+                    d = tf.nn.experimental.stateless_dropout(d, rate, seed + 3 + number)
+            reconstruction = tf.reduce_mean(tf.reduce_sum(tf.square(x - d), [1, 2, 3]))
+            kl = tf.reduce_mean(-0.5 * tf.reduce_sum(1 + log_var - tf.square(mean) - tf.exp(log_var), 1))
+            grey = tf.reduce_mean(tf.reduce_sum(d * (1 - d), [1, 2, 3]))
+            l2 = config.l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k, _ in params["conv"] + params["deconv"]])
+            loss = reconstruction + kl + config.grey_weight * grey + l2
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    images, conditions = data.train.images, data.train.conditions()
+    count = len(images) - len(images) % batch
+    order = rng.permutation(len(images))
+    position = 0
+
+    def run(number: int) -> None:
+        nonlocal position
+        for _ in range(number):
+            if position + batch > count:
+                position = 0
+            chosen = order[position:position + batch]
+            position += batch
+            loss = step(images[chosen], conditions[chosen], np.array([position, 0], np.int32))  # a feed per step
+        float(loss)
+
+    run(50)
+    rates = []
+    chunk = max(1, steps // chunks)
+    for _ in range(chunks):
+        started = time.perf_counter()
+        run(chunk)
+        rates.append(chunk * batch / (time.perf_counter() - started))
+    return rates
+
+
 def profile_step(model, data, batch_size: int, repeats: int = 60) -> None:
     """Where a training step's time goes: forward, backward, optimizer update, and fit()'s own overhead."""
     import numpy as np
@@ -125,6 +217,7 @@ def main() -> None:
     parser.add_argument("--inter-op", type=int, default=2, help="TensorFlow inter-op threads (default 2)")
     parser.add_argument("--chunks", type=int, default=5, help="timed chunks; median and best are reported")
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     args = parser.parse_args()
 
     import keras
@@ -135,15 +228,15 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op or cores)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
 
-    from cvae.classifier import load_classifier
+    from cvae.classifier import classifier_for
     from cvae.config import TrialConfig
-    from cvae.data import prepare_data
+    from cvae.data import evaluation_batches, prepare_data_for
     from cvae.metrics import evaluate_decoder, make_evaluation_set
     from cvae.model import build_cvae, compile_cvae
 
     config = TrialConfig(dataset="mnist-5k", batch_size=args.batch_size)
-    data = prepare_data(config.dataset, config.condition_mode, config.validation_fraction)
-    model = compile_cvae(build_cvae(config), config.learning_rate, args.steps_per_execution)
+    data = prepare_data_for(config)
+    model = compile_cvae(build_cvae(config), config.learning_rate, args.steps_per_execution, args.jit)
     model.grey_weight.assign(config.grey_weight)
     forward, training = model_flops(model)
 
@@ -174,14 +267,19 @@ def main() -> None:
     print(f"training (median chunk): {samples_per_second:.0f} samples/s ({1000 / samples_per_second:.2f} ms/image) at "
           f"batch {args.batch_size} -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f} % of matmul peak; "
           f"best chunk {100 * max(rates) * training / 1e9 / peak:.1f} %")
+    baseline_rates = graph_baseline(data, config, args.steps, args.chunks)
+    baseline = float(np.median(baseline_rates))
+    print(f"graph-mode baseline (raw TensorFlow ops, one compiled step per fed batch of {args.batch_size}): "
+          f"{' '.join(f'{r:.0f}' for r in baseline_rates)} samples/s; median {baseline:.0f}")
+    print(f"ratio: {samples_per_second / baseline:.2f}x the graph-mode baseline's samples/s")
     profile_step(model, data, args.batch_size)
 
     # Evaluation cost per epoch at default sizes.
-    classifier = load_classifier(config.dataset, config.data_path, config.validation_fraction)
-    evaluation = make_evaluation_set(data.held_out, data.stats, classifier, config.latent_dim,
+    classifier = classifier_for(config)
+    evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
                                      config.eval_samples, config.sweep_latents, config.eval_seed)
     evaluate_decoder(model.decoder, evaluation, classifier)  # warm-up (tracing)
-    held_out = tf.data.Dataset.from_tensor_slices((data.held_out.images, data.held_out.conditions())).batch(500)
+    held_out = evaluation_batches(data.validation)
     model.evaluate(held_out, verbose=0)
     started = time.perf_counter()
     evaluate_decoder(model.decoder, evaluation, classifier)
@@ -189,9 +287,10 @@ def main() -> None:
     started = time.perf_counter()
     model.evaluate(held_out, verbose=0)
     validation_seconds_5k = time.perf_counter() - started
-    per_image_validation = validation_seconds_5k / len(data.held_out)
-    for label, train_images, held_images in (("embedded 5k (4,500 train / 500 held-out)", len(data.train), len(data.held_out)),
-                                             ("full MNIST (63,000 train / 7,000 held-out)", 63000, 7000)):
+    per_image_validation = validation_seconds_5k / len(data.validation)
+    for label, train_images, held_images in (("embedded 5k (4,000 train / 500 validation)", len(data.train),
+                                              len(data.validation)),
+                                             ("full MNIST (56,000 train / 7,000 validation)", 56000, 7000)):
         epoch_seconds = train_images / samples_per_second
         evaluation_seconds = sample_seconds + per_image_validation * held_images
         print(f"evaluation, {label}: {evaluation_seconds:.2f} s per epoch "

@@ -193,7 +193,8 @@ def build_cvae(config) -> CVAE:
     return compile_cvae(CVAE(encoder, decoder, config.grey_threshold), config.learning_rate)
 
 
-def compile_cvae(model: CVAE, learning_rate: float, steps_per_execution: int = 1) -> CVAE:
+def compile_cvae(model: CVAE, learning_rate: float, steps_per_execution: int = 1, jit_compile=False) -> CVAE:
     # named: its variables' paths (adam/<layer>_kernel_momentum, ...) are how a checkpoint restores them
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, name="adam"), steps_per_execution=steps_per_execution)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, name="adam"), steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
     return model

@@ -318,10 +318,13 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
     hue = param_column("condition_mode") if param_column("condition_mode") in trials else None
     figure, axes = plt.subplots(len(metrics), len(parameters), figsize=(3.6 * len(parameters), 2.8 * len(metrics)),
                                 squeeze=False)
+    # Fidelity shown, not hidden: a pruned trial's numbers come from fewer epochs than a completed one's.
+    style = "status" if "status" in trials and trials["status"].nunique() > 1 else None
     for row, metric in enumerate(metrics):
         for column, parameter in enumerate(parameters):
             axis = axes[row, column]
-            sns.scatterplot(data=trials, x=param_column(parameter), y=metric, hue=hue, ax=axis,
+            sns.scatterplot(data=trials, x=param_column(parameter), y=metric, hue=hue, style=style,
+                            markers={"completed": "o", "pruned": "X"} if style else True, ax=axis,
                             legend=(row, column) == (0, len(parameters) - 1))
             if parameter == "grey_weight":
                 axis.set_xscale("log")
@@ -329,7 +332,8 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
             axis.set_ylabel(metric if column == 0 else "")
     if hue and axes[0, -1].get_legend() is not None:
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1, 1), fontsize=8, title="condition_mode")
-    figure.suptitle("Grey-loss settings vs last-epoch fid, grey_fraction and collapse_rate")
+    figure.suptitle("Grey-loss settings vs last-epoch fid, grey_fraction and collapse_rate"
+                    + (" (x: pruned, fewer epochs)" if style else ""))
     figure.tight_layout()
     return figure
 

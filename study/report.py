@@ -214,7 +214,10 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              + ")",
              f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
              "- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
-             f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials", ""]
+             f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials",
+             "- reference classifier: " + (f"{spec['classifier_accuracy']:.1%} test accuracy (needs "
+                                           f"{spec['classifier_required']:.0%})" if "classifier_accuracy" in spec
+                                           else "accuracy not recorded (a study made before it was)"), ""]
     if is_grid(spec):
         table = model_table(on_test_split(trials))
         lines += [f"## Models: final metrics on the {split_label(trials)} split, mean ± std over seeds", "",

@@ -171,6 +171,9 @@ def test_search_figures(grey_spec):
     effects = plots.plot_grey_effects(trials)
     assert len(effects.axes) == 3 * 3 and effects.axes[0].get_xscale() == "log"
     assert effects.axes[3].get_ylabel() == "grey_fraction"
+    assert "x: pruned, fewer epochs" in effects._suptitle.get_text()  # mixed fidelity is marked, not hidden
+    legend = [text.get_text() for text in effects.axes[2].get_legend().get_texts()]
+    assert {"completed", "pruned"} <= set(legend)
 
 
 def test_parallel_coordinates_label_every_axis_in_its_own_units(grey_spec):
@@ -270,3 +273,15 @@ def test_more_epochs_compares_the_first_epoch_itself():
     epochs.loc[first_epoch, "fid"] = np.nan  # unmeasured at epoch 1: no first-vs-last pair for any trial
     verdict = {v.claim: v for v in judge_search(trials, epochs, pd.DataFrame())}["d"]
     assert "fid improved from first to last epoch in 0/0 trials" in verdict.evidence
+
+
+def test_search_verdicts_compare_at_equal_fidelity_or_say_so():
+    trials, epochs = search_tables(collapse_from_start=False)
+    equal = verdicts(judge_search(trials, epochs))
+    assert "9 completed trials, test numbers" in equal["c"].evidence and "MIXED" not in equal["c"].evidence
+    few = trials.copy()
+    few.loc[few.index[3:], "status"] = "pruned"  # 2 completed (t01, t02), 10 pruned after 2 epochs
+    few.loc[few["status"] == "pruned", "epochs_run"] = 2
+    mixed = verdicts(judge_search(few, epochs))
+    assert "MIXED FIDELITY: 10 of 12 trials were pruned after 2–2 epochs" in mixed["c"].evidence
+    assert "MIXED FIDELITY" in mixed["b"].evidence
