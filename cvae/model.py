@@ -184,13 +184,17 @@ def state_variables(model: CVAE) -> dict:
     return named
 
 
-def build_cvae(config) -> CVAE:
-    """A compiled CVAE for a TrialConfig (architecture, grey threshold, optimizer)."""
+def build_cvae(config, steps_per_execution: int = 1) -> CVAE:
+    """A compiled CVAE for a TrialConfig (architecture, grey threshold, optimizer).
+
+    steps_per_execution = the steps of one epoch makes each epoch one compiled loop (about 10 % faster per
+    epoch on 2 CPU cores than one dispatch per step); it must divide the epoch, or batches would cross epochs.
+    """
     # Disjoint seed ranges: the encoder takes seed*1000+1.., the decoder seed*1000+501..
     encoder = build_encoder(config.latent_dim, config.width, config.dropout, config.l2, config.seed * 1000)
     decoder = build_decoder(config.latent_dim, config.width, config.dropout, config.l2, config.output_activation,
                             config.seed * 1000 + 500)
-    return compile_cvae(CVAE(encoder, decoder, config.grey_threshold), config.learning_rate)
+    return compile_cvae(CVAE(encoder, decoder, config.grey_threshold), config.learning_rate, steps_per_execution)
 
 
 def compile_cvae(model: CVAE, learning_rate: float, steps_per_execution: int = 1, jit_compile=False) -> CVAE:

@@ -131,7 +131,8 @@ def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
         warnings.warn(message, stacklevel=3)
     evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
                                      config.eval_samples, config.sweep_latents, config.eval_seed)
-    run = TrainingRun(config, data, classifier, evaluation, build_cvae(config))
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    run = TrainingRun(config, data, classifier, evaluation, build_cvae(config, steps_per_execution=steps_per_epoch))
     if checkpoint is not None:
         run.start_epoch, run.history = restore_checkpoint(run.model, checkpoint)
     return run
