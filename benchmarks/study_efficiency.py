@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--max-train-samples", type=int, default=0, help="0 = the whole 4,500-digit training split")
+    parser.add_argument("--max-train-samples", type=int, default=0, help="0 = the whole 4,000-digit training split")
     parser.add_argument("--only", choices=["reuse", "fresh"], help="run one variant only")
     args = parser.parse_args()
     cpus = os.cpu_count() or 1

@@ -42,7 +42,7 @@ def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFra
     frame = with_models(trials)
     grouped = frame.groupby(MODEL, sort=True)
     table = pd.DataFrame({"seeds": grouped.size(), "epochs": grouped["epochs_run"].max()})
-    for metric in metrics:
+    for metric in (m for m in metrics if m in frame):  # older tables lack newer metrics (e.g. val_elbo)
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)
     table["reported_loss"] = [REPORTED_TRAIN_LOSS.get(name, np.nan) for name in table.index]
@@ -54,7 +54,7 @@ def format_model_table(table: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.D
     cells = {}
     for model, row in table.iterrows():
         column = {"seeds": f"{row['seeds']:.0f}", "epochs": f"{row['epochs']:.0f}"}
-        for metric in metrics:
+        for metric in (m for m in metrics if f"{m}_mean" in row):
             mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
             column[metric] = f"{mean:.4g}" + (f" ± {std:.2g}" if np.isfinite(std) else "")
         column["reported loss (60k)"] = f"{row['reported_loss']:.2f}" if np.isfinite(row["reported_loss"]) else "–"
