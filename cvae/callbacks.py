@@ -61,7 +61,7 @@ class EpochEnd(keras.callbacks.Callback):
         metrics.update(epoch=epoch, grey_weight=float(self.model.grey_weight.numpy()),
                        dataset_source=run.data.source, epoch_seconds=time.perf_counter() - self.started,
                        train_seconds=self.train_seconds, setup_seconds=run.setup_seconds,
-                       **{CLASSIFIER_ACCURACY: run.classifier.accuracy})
+                       **{CLASSIFIER_ACCURACY: run.classifier.accuracy}, **run.evaluation.real_values())
         if not all(math.isfinite(metrics[name]) for name in TRAIN_METRICS):
             run.status = STATUS_DIVERGED
             self.model.stop_training = True

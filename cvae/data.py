@@ -265,7 +265,8 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
         for folder in FASHION_MNIST_DIRS:
             try:
                 images, labels = read_idx_folder(folder)
-                return Dataset(images, labels.astype(np.int64), f"idx:{folder}", name)
+                # the folder's name only: results tables must not hold this machine's paths
+                return Dataset(images, labels.astype(np.int64), f"system:{Path(folder).name}", name)
             except (OSError, DatasetError) as error:
                 tried.append(f"{folder} ({type(error).__name__})")
     marker = cache_dir() / f"download-failed-{name}"  # an offline machine remembers, for a day

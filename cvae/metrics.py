@@ -54,6 +54,10 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS + _TEST
 # Not objectives: they add the run's own grey weight and L2 penalty, so two runs' values measure different things.
 WEIGHT_DEPENDENT = ("loss", "val_loss")
 CLASSIFIER_ACCURACY = "classifier_accuracy"  # the reference classifier's test accuracy, reported with every epoch
+# The real validation images' own value of a sample metric, reported with every epoch, so a figure can mark where
+# real data sits (real digits are about half grey: "sharper" can overshoot reality).
+REAL_PREFIX = "real_"
+REAL_METRICS = ("grey_fraction", "collapse_rate")
 # What else an epoch's report carries by name: its status and, when checkpointing, the checkpoint folder.
 STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"
 CHECKPOINT_KEY = "checkpoint"
@@ -177,6 +181,11 @@ class EvaluationSet:
     real_features: np.ndarray | None  # None when built without a classifier (sweeps only)
     real_relative: np.ndarray
     stats: ThicknessStats
+
+    def real_values(self) -> dict[str, float]:
+        """REAL_METRICS measured on the real images behind the conditions (real_grey_fraction, ...)."""
+        functions = {"grey_fraction": grey_fraction, "collapse_rate": collapse_rate}
+        return {REAL_PREFIX + name: functions[name](self.real_images) for name in REAL_METRICS}
 
 
 def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, latent_dim: int,

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
-from cvae.metrics import METRICS, SAMPLE_METRICS
+from cvae.metrics import METRICS, REAL_PREFIX, SAMPLE_METRICS
 from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
@@ -352,6 +352,16 @@ def plot_pareto(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("
     axis.plot(on_front[metrics[0]], on_front[metrics[1]], "o-", color="tab:red", label="Pareto front")
     axis.set_xlabel(f"{metrics[0]} ({_direction(metrics[0])})")
     axis.set_ylabel(f"{metrics[1]} ({_direction(metrics[1])})")
+    mark_real_data(axis, trials, metrics)
     axis.legend()
     figure.tight_layout()
     return figure
+
+
+def mark_real_data(axis, trials: pd.DataFrame, metrics) -> None:
+    """A dashed line where real data sits on each axis whose metric the trials report a real value for
+    (real_grey_fraction: real digits are about half grey, so 'sharper' can overshoot reality)."""
+    for metric, draw in zip(metrics, (axis.axvline, axis.axhline)):
+        column = REAL_PREFIX + metric
+        if column in trials and trials[column].notna().any():
+            draw(float(trials[column].median()), color="tab:green", linestyle="--", label=f"real data ({metric})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sys
 from pathlib import Path
 
@@ -9,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from cvae.cli import ArgumentParser, fail
-from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, best_trial, incomplete_note,
-                           load_results, metric_pairs, on_test_split, param_column, read_table, resolve_path,
-                           split_label, trial_params)
+from cvae.metrics import REAL_PREFIX, TEST_PREFIX
+from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
+                           incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
+                           read_table, resolve_path, split_label, trial_params)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -148,7 +151,13 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
         planned["parallel_coordinates"] = lambda: plots.plot_parallel_coordinates(finished, spec)
         if any(param_column(p) in trials for p in plots.GREY_PARAMETERS):
             planned["grey_effects"] = lambda: plots.plot_grey_effects(finished)
-        planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
+        objectives = list(zip(spec["metrics"], spec["modes"]))
+        if len(objectives) > 1:  # every pair of objectives, real data marked where the trials report it
+            for first, second in itertools.combinations(objectives, 2):
+                planned[f"pareto_{first[0]}_{second[0]}"] = functools.partial(
+                    plots.plot_pareto, finished, (first[0], second[0]), (first[1], second[1]))
+        if ("fid", "grey_fraction") not in itertools.combinations(spec["metrics"], 2):
+            planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
         best = [(key.split("__", 1)[1], grid) for key, grid in grids.items() if key.startswith(BEST + "__")]
         if best:
             planned["best_samples"] = lambda: plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]},
@@ -245,6 +254,8 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                    "collapse_rate", "class_accuracy"]
         top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)
         lines += [markdown_table(top.set_index("trial_id")[columns], "trial"), ""]
+    if len(spec["metrics"]) > 1:
+        lines += pareto_section(trials, spec)
     lines += ["## Claims (a)–(e) of the design, [docs/design.md](../../docs/design.md#claims)", ""]
     lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
     lines += ["", "Verdict rules: differences count when Welch's t-test over seeds gives p < 0.05 "
@@ -254,6 +265,28 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     text = "\n".join(lines)
     (folder / SUMMARY_FILE).write_text(text)
     return text
+
+
+def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
+    """The non-dominated completed trials of a multi-objective study, with how far each sits from real data."""
+    completed = trials[trials["status"] == STATUS_COMPLETED]
+    front = pareto_front(completed, spec["metrics"], spec["modes"]).copy()
+    lines = [f"## Pareto front: {len(front)} of {len(completed)} completed trials are non-dominated on validation "
+             + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])), ""]
+    if front.empty:
+        return lines + ["none yet", ""]
+    real = REAL_PREFIX + "grey_fraction"
+    if real in front and front[real].notna().any():
+        level = float(front[real].median())
+        front["grey vs real"] = front["grey_fraction"] - level
+        closest = front.loc[front["ink_w1"].astype(float).idxmin()]
+        lines += [f"Real data: grey_fraction {level:.3g}; a negative `grey vs real` is sharper than real digits. "
+                  f"Closest to real ink intensities (lowest ink_w1 {closest['ink_w1']:.3g}): trial "
+                  f"`{closest['trial_id']}`.", ""]
+    columns = [*[c for c in trials if c.startswith(PARAM_PREFIX)], *spec["metrics"],
+               *[c for c in ("ink_w1", "grey vs real") if c in front and c not in spec["metrics"]],
+               *[TEST_PREFIX + m for m in spec["metrics"] if TEST_PREFIX + m in front]]
+    return lines + [markdown_table(front.set_index("trial_id")[columns], "trial"), ""]
 
 
 def main(argv=None, prog: str = "python study/report.py") -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cvae.metrics import (CLASSIFIER_ACCURACY, METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
-                          TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
+                          REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
 PARAM_PREFIX = "param_"
@@ -98,6 +98,7 @@ def trial_row(record: TrialRecord) -> dict:
         "checkpoint": record.checkpoint, ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
     }
     summary.update({name: last.get(name, np.nan) for name in METRICS})
+    summary.update({REAL_PREFIX + name: last.get(REAL_PREFIX + name, np.nan) for name in REAL_METRICS})
     return summary
 
 

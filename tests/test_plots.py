@@ -214,6 +214,11 @@ def test_pareto_front_is_the_non_dominated_trials():
     figure = plots.plot_pareto(trials)
     front = figure.axes[0].get_lines()[0]
     assert list(front.get_xdata()) == [10, 20, 30]
+    assert not any("real data" in text.get_text() for text in figure.axes[0].get_legend().get_texts())
+    trials["real_grey_fraction"] = 0.48  # what the trials report for their real validation digits
+    marked = plots.plot_pareto(trials).axes[0]
+    real = [line for line in marked.get_lines() if line.get_label() == "real data (grey_fraction)"]
+    assert len(real) == 1 and list(real[0].get_ydata()) == [0.48, 0.48]  # a horizontal line at the real value
 
 
 def test_grey_effects_needs_a_grey_parameter():

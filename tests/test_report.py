@@ -1,6 +1,7 @@
 """study/report.py and analysis.ipynb on two tiny real studies (a preset grid and a grey-loss search)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,35 @@ def test_a_moved_study_folder_keeps_working(studies, tmp_path):
     sample = subprocess.run([sys.executable, "study/sample.py", str(moved), "--out", str(out), "--digits", "1"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0 and out.is_file(), sample.stderr[-2000:]
+
+
+def test_multi_objective_study_reports_its_front(tmp_path, study_cli, write_space, tiny_fixed):
+    """A tiny real study of the shipped pareto.yaml's kind: the front in summary.md, one figure per pair of
+    objectives with real data marked, and ended trials keep weights only."""
+    space = write_space(tmp_path, "tiny_pareto", f"""
+        name: tiny_pareto
+        base: model_4
+        fixed: {tiny_fixed}
+        parameters:
+          grey_weight: {{distribution: log_uniform, low: 0.05, high: 1.0}}
+          condition_mode: {{values: [global, per_class]}}
+        objective: {{metric: [fid, grey_fraction, thickness_mae], mode: [min, min, min]}}
+        search: {{algorithm: optuna, sampler: tpe, seed: 0, num_samples: 3, max_concurrent: 2}}
+        scheduler: {{type: fifo, max_epochs: 1}}
+    """)
+    result = study_cli("--space", space, results=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"disk: \d+ MB of checkpoints and logs in .*\(\d+ MB of ended trials' optimizer state removed\)",
+                     result.stdout), result.stdout[-2000:]
+    folder = tmp_path / "tiny_pareto"
+    assert not list((folder / "tune").rglob("training_state.npz"))  # every trial ended: weights only
+    assert len(list((folder / "tune").rglob("decoder.keras"))) == 3
+    assert report(folder, "--no-details").returncode == 0
+    figures = {p.stem for p in (folder / "figures").glob("*.png")}
+    assert {"pareto_fid_grey_fraction", "pareto_fid_thickness_mae", "pareto_grey_fraction_thickness_mae"} <= figures
+    summary = (folder / "summary.md").read_text()
+    trials = pd.read_csv(folder / "trials.csv")
+    assert trials["real_grey_fraction"].between(0.3, 0.7).all()
+    assert re.search(r"## Pareto front: [123] of 3 completed trials are non-dominated", summary)
+    assert f"Real data: grey_fraction {trials['real_grey_fraction'].median():.3g}" in summary
+    assert "grey vs real" in summary and "test_fid" in summary

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def test_every_epoch_reports_every_metric(tiny_run, tiny_config):
         assert all(math.isfinite(report[name]) for name in measured), report
         assert report["val_elbo"] == pytest.approx(report["val_reconstruction"] + report["val_kl"])
         assert report["classifier_accuracy"] >= 0.97
+        assert 0.3 < report["real_grey_fraction"] < 0.7 and report["real_collapse_rate"] == 0  # real digits
     # the test split is measured once, after the last epoch
     assert all(math.isnan(reports[0][name]) for name in TEST_METRICS)
     assert reports[-1]["test_fid"] > 0 and 0 <= reports[-1]["test_class_accuracy"] <= 1
@@ -159,3 +161,27 @@ def test_one_seed_fixes_everything(tmp_path):
     assert len(cold["first"]) == 2
     assert cold["first"] == cold["after_another"] == warm["first"]
     assert warm["one_epoch"] + warm["resumed"] == cold["first"]
+
+
+FASHION_FILES = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (.ci/run installs it)
+
+
+@pytest.mark.skipif(not (FASHION_FILES / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_path_on_a_few_hundred_real_images(tmp_path):
+    from cvae.config import FASHION_MNIST, TrialConfig
+    from cvae.data import load_dataset
+    from cvae.train import train
+
+    fashion = load_dataset(FASHION_MNIST)  # the real 70,000 IDX images, found where Debian puts them
+    assert fashion.images.shape == (70000, 28, 28) and fashion.source == "system:fashion-mnist"
+    chosen = np.concatenate([np.flatnonzero(fashion.labels == label)[:80] for label in range(10)])
+    np.savez(tmp_path / "garments.npz", x_train=fashion.images[chosen[::2]], y_train=fashion.labels[chosen[::2]],
+             x_test=fashion.images[chosen[1::2]], y_test=fashion.labels[chosen[1::2]])
+    config = TrialConfig(dataset=FASHION_MNIST, data_path=str(tmp_path / "garments.npz"), epochs=1, eval_samples=100,
+                         sweep_latents=1, latent_dim=8, width=0.5)
+    reports = []
+    with pytest.warns(UserWarning, match="below the 90%"):  # 640 garments cannot train a classifier worth the bar
+        result = train(config, report=reports.append)
+    assert result["status"] == "completed" and reports[0]["dataset_source"] == "user:garments.npz"
+    assert all(math.isfinite(reports[0][name]) for name in ("fid", "ink_w1", "grey_fraction", "test_fid"))
