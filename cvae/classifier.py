@@ -197,10 +197,10 @@ def classifier_for(config) -> Classifier:
     return load_classifier(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
 
 
-def weak_classifier_message(classifier: Classifier, dataset: str) -> str | None:
-    """Why fid and class_accuracy cannot be trusted with this classifier, or None when it meets its bar."""
-    if classifier.accuracy >= classifier.required:
+def weak_classifier_message(accuracy: float, required: float, dataset: str) -> str | None:
+    """Why fid and class_accuracy cannot be trusted with a classifier of this test accuracy, or None when it meets
+    its bar."""
+    if accuracy >= required:
         return None
-    return (f"the reference classifier for {dataset} reaches {classifier.accuracy:.1%} test accuracy, below the "
-            f"{classifier.required:.0%} it needs for fid and class_accuracy to mean anything (mislabelled or "
-            "unusual data?)")
+    return (f"the reference classifier for {dataset} reaches {accuracy:.1%} test accuracy, below the "
+            f"{required:.0%} it needs for fid and class_accuracy to mean anything (mislabelled or unusual data?)")

@@ -46,7 +46,12 @@ def training_batches(data, config: TrialConfig, start_epoch: int):
         return batches.map(lambda index: (tf.gather(images, index), tf.gather(conditions, index)))
 
     epochs = tf.data.Dataset.range(start_epoch + 1, config.epochs + 1)
-    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE), math.ceil(count / config.batch_size)
+    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE), steps_per_epoch(data, config)
+
+
+def steps_per_epoch(data, config: TrialConfig) -> int:
+    """Batches in one epoch (the last one may be smaller): every training image once."""
+    return math.ceil(len(data.train) / config.batch_size)
 
 
 @dataclass
@@ -127,12 +132,12 @@ def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
     keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
     data = prepare_data_for(config)
     classifier = classifier_for(config)
-    if message := weak_classifier_message(classifier, config.dataset):
+    if message := weak_classifier_message(classifier.accuracy, classifier.required, config.dataset):
         warnings.warn(message, stacklevel=3)
     evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
                                      config.eval_samples, config.sweep_latents, config.eval_seed)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    run = TrainingRun(config, data, classifier, evaluation, build_cvae(config, steps_per_execution=steps_per_epoch))
+    model = build_cvae(config, steps_per_execution=steps_per_epoch(data, config))
+    run = TrainingRun(config, data, classifier, evaluation, model)
     if checkpoint is not None:
         run.start_epoch, run.history = restore_checkpoint(run.model, checkpoint)
     return run
@@ -147,8 +152,8 @@ def fit(run: TrainingRun, report, checkpoint_dir, verbose: int) -> None:
 
     if run.start_epoch >= run.config.epochs:
         return
-    batches, steps_per_epoch = training_batches(run.data, run.config, run.start_epoch)
-    run.model.fit(batches, steps_per_epoch=steps_per_epoch, validation_data=evaluation_batches(run.data.validation),
+    batches, steps = training_batches(run.data, run.config, run.start_epoch)
+    run.model.fit(batches, steps_per_epoch=steps, validation_data=evaluation_batches(run.data.validation),
                   epochs=run.config.epochs, initial_epoch=run.start_epoch,
                   callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd(run, report, checkpoint_dir)],
                   verbose=verbose, shuffle=False)

@@ -216,9 +216,9 @@ def check_classifier(spec, extra_env: dict) -> dict:
         fail(f"the reference classifier for {config.dataset} could not be prepared "
              f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
     result = json.loads(found[-1].split(" ", 1)[1])
-    from cvae.classifier import Classifier, weak_classifier_message
+    from cvae.classifier import weak_classifier_message
 
-    message = weak_classifier_message(Classifier(None, result["accuracy"], result["required"], Path()), config.dataset)
+    message = weak_classifier_message(result["accuracy"], result["required"], config.dataset)
     if message and not spec.allow_weak_classifier:
         fail(message + "; fix the data, or set allow_weak_classifier: true in the study file to run anyway")
     print(f"reference classifier for {config.dataset}: {result['accuracy']:.1%} test accuracy "

@@ -131,7 +131,8 @@ class StudyProgress(tune.Callback):
         self.records: dict[str, TrialRecord] = {}
         self.epoch_log: EpochLog | None = None
         self.started = time.time()
-        self.last_write, self.write_seconds, self.dirty = 0.0, 0.0, False
+        self.last_write, self.write_seconds = 0.0, 0.0
+        self.dirty = self.urgent = False  # trials.csv lags the records; urgent: a trial started or ended since
 
     def setup(self, **info):
         # Clocks start with this run: time between a stop and --resume is not study time.
@@ -164,14 +165,14 @@ class StudyProgress(tune.Callback):
         every TRIALS_WRITE_S. A rewrite is O(trials), so it is also never closer to the previous one than
         WRITE_COST_RATIO times that one's duration: the driver spends at most ~1/WRITE_COST_RATIO of its time
         on the summary however many trials there are (epochs.csv, the log, is appended O(1) per epoch)."""
-        self.dirty = True
+        self.dirty, self.urgent = True, self.urgent or soon
         since = time.time() - self.last_write
-        if since < WRITE_COST_RATIO * self.write_seconds or (not soon and since < TRIALS_WRITE_S):
+        if since < WRITE_COST_RATIO * self.write_seconds or (not self.urgent and since < TRIALS_WRITE_S):
             return
         started = time.perf_counter()
         write_trials(self.results_dir, list(self.records.values()))
         self.write_seconds = time.perf_counter() - started
-        self.last_write, self.dirty = time.time(), False
+        self.last_write, self.dirty, self.urgent = time.time(), False, False
 
     def on_trial_start(self, iteration, trials, trial, **info):
         record = self._record(trial)
@@ -226,7 +227,7 @@ class StudyProgress(tune.Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         if self.dirty:  # an event whose rewrite had to wait
-            self._write(soon=True)
+            self._write()
         self._status()
 
     def _status(self, soon: bool = False) -> None:

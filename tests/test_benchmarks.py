@@ -1,0 +1,32 @@
+"""The benchmarks' own arithmetic, on tables made here (the benchmarks themselves are run by hand)."""
+
+import importlib.util
+
+import pandas as pd
+
+from tests.conftest import REPO
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_efficiency_counts_epochs_until_within_five_percent():
+    search = load("search_efficiency")
+    # two trials reported interleaved; timestamps give the order the epochs were trained in
+    epochs = pd.DataFrame({"trial_id": ["a", "b", "a", "b", "a"], "epoch": [1, 1, 2, 2, 3],
+                           "timestamp": [10, 11, 20, 21, 30], "fid": [90.0, 80.0, 60.0, 52.0, 50.0]})
+    assert search.best_value(epochs) == 50.0  # the trials' last epochs: a ends at 50, b at 52
+    assert search.epochs_to_reach(epochs, 50.0) == 4  # 52 <= 52.5 is the 4th epoch trained
+    assert search.epochs_to_reach(epochs, 40.0) is None  # never within 42
+    shuffled = epochs.sample(frac=1, random_state=0)
+    assert search.epochs_to_reach(shuffled, 50.0) == 4  # row order in the file does not matter
+    maximise = epochs.assign(fid=[0.1, 0.5, 0.9, 0.95, 1.0])
+    assert search.epochs_to_reach(maximise, 1.0, mode="max") == 4  # 0.95 >= 0.95
+    assert search.summary_line(40, [10, 20, 14]) == \
+        "ASHA+TPE: within 5 % of the best after 35 % of the baseline's epochs"
+    assert search.summary_line(40, [10, None]).endswith("(1 of 2 runs never got there)")
+    assert search.summary_line(40, [None]).startswith("ASHA+TPE: never within 5 %")
