@@ -232,7 +232,7 @@ def main() -> None:
     from cvae.classifier import classifier_for
     from cvae.config import TrialConfig
     from cvae.data import evaluation_batches, prepare_data_for
-    from cvae.metrics import evaluate_decoder, make_evaluation_set
+    from cvae.metrics import evaluate_decoder, evaluation_set_for
     from cvae.model import build_cvae, compile_cvae
 
     config = TrialConfig(dataset="mnist-5k", batch_size=args.batch_size)
@@ -277,8 +277,7 @@ def main() -> None:
 
     # Evaluation cost per epoch at default sizes.
     classifier = classifier_for(config)
-    evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
-                                     config.eval_samples, config.sweep_latents, config.eval_seed)
+    evaluation = evaluation_set_for(config, data.validation, data.stats, classifier)
     evaluate_decoder(model.decoder, evaluation, classifier)  # warm-up (tracing)
     held_out = evaluation_batches(data.validation)
     model.evaluate(held_out, verbose=0)

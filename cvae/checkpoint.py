@@ -45,11 +45,10 @@ def _training_state(model) -> dict:
     return named
 
 
-def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config: TrialConfig, stats,
-                    resumable: bool = True) -> Path:
-    """Weights as safe-mode-loadable .keras models; with `resumable`, also optimizer and RNG state by name.
+def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config: TrialConfig, stats) -> Path:
+    """Weights as safe-mode-loadable .keras models, plus optimizer and RNG state by name for resuming.
 
-    A run that has ended needs no optimizer state (two thirds of a checkpoint's bytes): resumable=False.
+    A run that has ended needs no optimizer state (two thirds of a checkpoint's bytes): strip_training_state.
     """
     folder = Path(folder)
     scratch = folder.with_name(folder.name + ".partial")
@@ -57,18 +56,19 @@ def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config
     scratch.mkdir(parents=True)
     model.encoder.save(scratch / ENCODER_FILE)
     model.decoder.save(scratch / DECODER_FILE)
-    if resumable:
-        named = _training_state(model)
-        # npz member names are positional; state.json maps them back to variable names.
-        np.savez(scratch / ARRAYS_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(named.values())})
+    named = _training_state(model)
+    # npz member names are positional; state.json maps them back to variable names.
+    np.savez(scratch / ARRAYS_FILE, **{f"v{i}": np.asarray(v) for i, v in enumerate(named.values())})
     (scratch / CONFIG_FILE).write_text(config.to_json())
     save_stats(scratch, stats)  # sampling from a user's image needs the training split's thickness statistics
-    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": history,
-             "variables": list(named) if resumable else None}
-    (scratch / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+    _write_state(scratch, {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": history, "variables": list(named)})
     shutil.rmtree(folder, ignore_errors=True)
     scratch.rename(folder)  # a checkpoint folder either is complete or does not exist
     return folder
+
+
+def _write_state(folder: str | Path, state: dict) -> None:
+    (Path(folder) / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
 
 
 def strip_training_state(folder: str | Path) -> int:
@@ -77,8 +77,7 @@ def strip_training_state(folder: str | Path) -> int:
     try:
         size = arrays.stat().st_size
         state = json.loads((Path(folder) / STATE_FILE).read_text())
-        state["variables"] = None
-        (Path(folder) / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+        _write_state(folder, {**state, "variables": None})
         arrays.unlink()
         return size
     except (OSError, ValueError):

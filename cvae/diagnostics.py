@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae.data import NUM_CLASSES, prepare_data_for
-from cvae.metrics import generate, make_evaluation_set, sweep_profile
+from cvae.metrics import evaluation_set_for, generate, sweep_profile
 
 GRID_THICKNESS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_SEED = 0  # one latent per digit row, the same for every checkpoint of a latent size
@@ -26,8 +26,7 @@ def describe_checkpoint(checkpoint: str | Path) -> tuple[list[dict], np.ndarray]
     _, decoder, config, stats = load_generator(checkpoint)
     data = prepare_data_for(config)
     # No classifier: the sweep needs only the trial's thickness statistics and the real stroke widths.
-    evaluation = make_evaluation_set(data.validation, stats, None, config.latent_dim, config.eval_samples,
-                                     config.sweep_latents, config.eval_seed)
+    evaluation = evaluation_set_for(config, data.validation, stats, None)
     sweep = generate(decoder, evaluation.sweep_latents, evaluation.sweep_conditions)
     grid = draw_grid(decoder, range(NUM_CLASSES), GRID_THICKNESS, seed=GRID_SEED)
     return sweep_profile(sweep, evaluation), np.round(grid * 255).astype(np.uint8)

@@ -221,6 +221,12 @@ def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, late
     )
 
 
+def evaluation_set_for(config, split: Split, stats: ThicknessStats, classifier) -> EvaluationSet:
+    """make_evaluation_set with a TrialConfig's sizes and seed (the same latents on any split)."""
+    return make_evaluation_set(split, stats, classifier, config.latent_dim, config.eval_samples, config.sweep_latents,
+                               config.eval_seed)
+
+
 def generate(decoder, latents: np.ndarray, conditions: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoder outputs clipped to [0, 1], shape (N, 28, 28)."""
     outputs = [

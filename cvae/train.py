@@ -71,11 +71,9 @@ class TrainingRun:
 
     def test_evaluation(self):
         """The same fixed latents on the test split (built only when a run finishes: pruned runs never need it)."""
-        from cvae.metrics import make_evaluation_set
+        from cvae.metrics import evaluation_set_for
 
-        config = self.config
-        return make_evaluation_set(self.data.test, self.data.stats, self.classifier, config.latent_dim,
-                                   config.eval_samples, config.sweep_latents, config.eval_seed)
+        return evaluation_set_for(self.config, self.data.test, self.data.stats, self.classifier)
 
 
 def train(
@@ -126,7 +124,7 @@ def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
 
     from cvae.classifier import classifier_for, weak_classifier_message
     from cvae.data import prepare_data_for
-    from cvae.metrics import make_evaluation_set
+    from cvae.metrics import evaluation_set_for
     from cvae.model import build_cvae
 
     keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
@@ -134,8 +132,7 @@ def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
     classifier = classifier_for(config)
     if message := weak_classifier_message(classifier.accuracy, classifier.required, config.dataset):
         warnings.warn(message, stacklevel=3)
-    evaluation = make_evaluation_set(data.validation, data.stats, classifier, config.latent_dim,
-                                     config.eval_samples, config.sweep_latents, config.eval_seed)
+    evaluation = evaluation_set_for(config, data.validation, data.stats, classifier)
     model = build_cvae(config, steps_per_execution=steps_per_epoch(data, config))
     run = TrainingRun(config, data, classifier, evaluation, model)
     if checkpoint is not None:

@@ -191,6 +191,11 @@ def check_same_study(spec, args, results_dir: Path) -> None:
              + ". Resume with the study file and flags it started with, or start a new study with --name")
 
 
+def repo_pythonpath() -> str:
+    """PYTHONPATH for processes this driver starts on this machine: the checkout first, then the user's."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 CLASSIFIER_CHECK = ("import json, sys\nfrom cvae.classifier import classifier_for\nfrom cvae.config import TrialConfig\n"
                     "c = classifier_for(TrialConfig.from_dict(json.loads(sys.argv[1])))\n"
                     "print('CLASSIFIER ' + json.dumps({'accuracy': c.accuracy, 'required': c.required}))\n")
@@ -207,7 +212,7 @@ def check_classifier(spec, extra_env: dict) -> dict:
     config = spec.trial_config({})
     print(f"reference classifier for {config.dataset}: loading (the first time it trains, about a minute on 2 "
           "cores)", flush=True)
-    env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    env = {**os.environ, **extra_env, "PYTHONPATH": repo_pythonpath(),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     child = subprocess.run([sys.executable, "-c", CLASSIFIER_CHECK, config.to_json()], capture_output=True, text=True,
                            env=env, cwd=REPO, stdin=subprocess.DEVNULL)
@@ -339,9 +344,8 @@ def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False)
                  logging_level=quiet)
     else:
         # address="local": always a fresh instance of our own, never a leftover one; loopback only.
-        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": path, **worker_env}}, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": repo_pythonpath(), **worker_env}}, log_to_driver=True,
                  logging_level=quiet)
     resources = ray.cluster_resources()
     print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
