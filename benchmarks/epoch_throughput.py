@@ -171,6 +171,27 @@ def graph_baseline(data, config, steps: int, chunks: int) -> list[float]:
     return rates
 
 
+def fused_adam(learning_rate: float):
+    """Adam whose per-variable update is TensorFlow's one fused kernel (ResourceApplyAdam, the same formula)
+    instead of Keras 3's ~10 small ops: the "optimizer update" lever, measured here, not used by training."""
+    import keras
+    import tensorflow as tf
+
+    class FusedAdam(keras.optimizers.Adam):
+        def update_step(self, gradient, variable, learning_rate):
+            dtype = variable.dtype
+            step = tf.cast(self.iterations + 1, dtype)
+            index = self._get_variable_index(variable)
+            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=self._momentums[index].handle,
+                v=self._velocities[index].handle, beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+                epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+    return FusedAdam(learning_rate, name="adam")
+
+
 def profile_step(model, data, batch_size: int, repeats: int = 60) -> None:
     """Where a training step's time goes: forward, backward, optimizer update, and fit()'s own overhead."""
     import numpy as np
@@ -219,6 +240,8 @@ def main() -> None:
     parser.add_argument("--steps-per-execution", type=int, default=0,
                         help="steps per compiled call; 0 (default) = a whole timed chunk, as training runs an epoch")
     parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
+    parser.add_argument("--fused-adam", action="store_true",
+                        help="measure the lever: Adam as one fused kernel per variable (ResourceApplyAdam)")
     args = parser.parse_args()
 
     import keras
@@ -240,6 +263,9 @@ def main() -> None:
     chunk = max(1, args.steps // args.chunks)
     args.steps_per_execution = args.steps_per_execution or chunk
     model = compile_cvae(build_cvae(config), config.learning_rate, args.steps_per_execution, args.jit)
+    if args.fused_adam:
+        model.compile(optimizer=fused_adam(config.learning_rate), steps_per_execution=args.steps_per_execution,
+                      jit_compile=args.jit)
     model.grey_weight.assign(config.grey_weight)
     forward, training = model_flops(model)
 
@@ -261,7 +287,8 @@ def main() -> None:
     achieved = samples_per_second * training / 1e9
 
     print(f"machine: {cores} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}; "
-          f"threads intra={args.intra_op or cores} inter={args.inter_op}; steps_per_execution={args.steps_per_execution}")
+          f"threads intra={args.intra_op or cores} inter={args.inter_op}; steps_per_execution={args.steps_per_execution}"
+          f"{'; optimizer: fused Adam (ResourceApplyAdam)' if args.fused_adam else ''}")
     print(f"model FLOPs per sample: forward {forward / 1e6:.1f} M, training step {training / 1e6:.1f} M")
     print(f"matmul peak (2048x2048 float32, best of 5, before/after): {peak_before:.1f} / {peak_after:.1f} GFLOP/s")
     print(f"training chunks ({chunk} steps each): {' '.join(f'{r:.0f}' for r in rates)} samples/s")

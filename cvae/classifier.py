@@ -122,6 +122,34 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _cache_info(model_path: Path, info_path: Path, fingerprint: str) -> dict:
+    """The cache's record if it belongs to these data and its file is intact; ValueError/OSError otherwise."""
+    info = json.loads(info_path.read_text())
+    if info.get("fingerprint") != fingerprint or info.get("sha256") != _file_sha256(model_path):
+        raise ValueError("checksum or dataset fingerprint mismatch")
+    return info
+
+
+def _cache_paths(dataset: str, data_path: str, validation_fraction: float, test_fraction: float):
+    """(raw dataset, model file, record file, fingerprint) of a dataset's cached classifier."""
+    raw = load_dataset(dataset, data_path)
+    fingerprint = _fingerprint(raw.images, raw.labels, validation_fraction, test_fraction, recipe_for(raw.name))
+    model_path = cache_dir() / f"classifier-{fingerprint}.keras"  # same digits, same classifier (mnist fallback = mnist-5k)
+    return raw, model_path, model_path.with_suffix(".json"), fingerprint
+
+
+def cached_accuracy(dataset: str, data_path: str = "", validation_fraction: float = 0.1,
+                    test_fraction: float = 0.1) -> tuple[float, float] | None:
+    """(test accuracy, required accuracy) of a dataset's cached classifier, read without TensorFlow; None when
+    there is no usable cache (load_classifier then trains or repairs it)."""
+    raw, model_path, info_path, fingerprint = _cache_paths(dataset, data_path, validation_fraction, test_fraction)
+    try:
+        info = _cache_info(model_path, info_path, fingerprint)
+        return float(info["test_accuracy"]), required_accuracy(raw.name, len(raw.labels))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _load_cached(model_path: Path, info_path: Path, fingerprint: str):
     """The cached model if every check passes, else None (with the reason as a warning)."""
     import keras
@@ -129,9 +157,7 @@ def _load_cached(model_path: Path, info_path: Path, fingerprint: str):
     if not model_path.exists() or not info_path.exists():
         return None
     try:
-        info = json.loads(info_path.read_text())
-        if info.get("fingerprint") != fingerprint or info.get("sha256") != _file_sha256(model_path):
-            raise ValueError("checksum or dataset fingerprint mismatch")
+        info = _cache_info(model_path, info_path, fingerprint)
         model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         return model, float(info["test_accuracy"])
     except Exception as error:  # a corrupt cache is rebuilt, never trusted
@@ -159,14 +185,11 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
     key = (dataset, data_path, validation_fraction, test_fraction, str(cache_dir()))
     if key in _LOADED and _LOADED[key].path.exists():
         return _LOADED[key]
-    raw = load_dataset(dataset, data_path)
+    raw, model_path, info_path, fingerprint = _cache_paths(dataset, data_path, validation_fraction, test_fraction)
     required = required_accuracy(raw.name, len(raw.labels))
     recipe = recipe_for(raw.name)
-    fingerprint = _fingerprint(raw.images, raw.labels, validation_fraction, test_fraction, recipe)
-    folder = cache_dir()
+    folder = model_path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / f"classifier-{fingerprint}.keras"  # same digits, same classifier (mnist fallback = mnist-5k)
-    info_path = model_path.with_suffix(".json")
     # Parallel trials on one machine wait for the first one instead of all training the same network.
     with FileLock(str(model_path) + ".lock"):
         cached = _load_cached(model_path, info_path, fingerprint)

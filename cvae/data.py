@@ -16,6 +16,9 @@ import numpy as np
 
 from cvae.config import DATASETS, FASHION_MNIST, MNIST, MNIST_5K
 NUM_CLASSES = 10
+# Fashion-MNIST's label order (its README); MNIST's classes are their own digits
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 IMAGE_SHAPE = (28, 28)
 CONDITION_DIM = NUM_CLASSES + 1
 SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
@@ -25,6 +28,14 @@ DOWNLOAD_RETRY_S = 24 * 3600  # after a failed download, the next attempt waits 
 OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
 FALLBACK_NOTED_ENV = "CVAE_FALLBACK_NOTED"  # "1": the study driver already told the user about the fallback
 _failed_downloads: set[str] = set()  # a failed download is not retried in the same process
+
+
+def class_name(label: int, source: str | None = None) -> str:
+    """How a class reads in text: "digit 1", or "class 1 (Trouser)" for Fashion-MNIST (a dataset name or a
+    recorded source such as "system:fashion-mnist")."""
+    if source and "fashion" in str(source).lower():
+        return f"class {label} ({FASHION_CLASSES[label]})"
+    return f"digit {label}"
 
 
 class DatasetError(RuntimeError):

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cvae.data import class_name
 from cvae.metrics import METRICS
 from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, split_label,
                            with_models)
 
 CLAIMS = {
     "a": "the thickness condition is respected",
-    "b": "per-class normalisation fixed '1' being drawn thicker than other digits at the same condition value",
+    "b": "per-class normalisation fixed '1' being drawn thicker than other classes at the same condition value",
     "c": "the grey loss made images much sharper",
     "d": "more epochs reduce awkward images",
     "e": "grey loss from epoch 1 can collapse to black",
@@ -89,6 +90,35 @@ def _combine(outcomes: list[str]) -> str:
     return "not supported"
 
 
+def dataset_of(trials: pd.DataFrame) -> str | None:
+    """The data the trials trained on, as recorded (e.g. "system:fashion-mnist"), or None if not recorded."""
+    sources = trials["dataset_source"].dropna().unique() if "dataset_source" in trials else []
+    return str(sources[0]) if len(sources) else None
+
+
+def side_by_side(verdicts: dict[str, list[Verdict]]) -> pd.DataFrame:
+    """Claim x dataset: each dataset's verdict, and whether the claim generalises.
+
+    Args:
+        verdicts: dataset label -> its study's verdicts (e.g. {"MNIST": judge_models(...), "Fashion-MNIST": ...}).
+    Returns:
+        One row per claim: its text, a verdict column per dataset and `generalises`: "yes" where every dataset
+        supports it, "partly" where every dataset at least partly supports it, "no" where one does and another
+        does not, "not tested" where a dataset did not test it, "neither supports it" otherwise.
+    """
+    rows = []
+    for claim, text in CLAIMS.items():
+        found = {label: next((v.verdict for v in judged if v.claim == claim), "not tested")
+                 for label, judged in verdicts.items()}
+        values = list(found.values())
+        backed = [value in ("supported", "partly supported") for value in values]
+        generalises = ("not tested" if any(value.startswith("not tested") for value in values) else
+                       "yes" if all(value == "supported" for value in values) else
+                       "partly" if all(backed) else "no" if any(backed) else "neither supports it")
+        rows.append({"claim": f"({claim}) {text}", **found, "generalises": generalises})
+    return pd.DataFrame(rows).set_index("claim")
+
+
 def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
     """Per trial: the digit's generated relative stroke width minus the real one, averaged over thickness."""
     rows = details[details["digit"] == digit]
@@ -112,11 +142,12 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
         if details is not None and not details.empty:
             excess = with_models(digit_excess(details).merge(trials[["trial_id", MODEL]], on="trial_id"))
             excess["abs_excess"] = excess["digit_excess"].abs()
-            one = Comparison("digit-1 |width excess|", *(excess.loc[excess[MODEL] == m, "abs_excess"].to_numpy()
-                                                          for m in ("model_2", "model_1")))
+            one_name = class_name(1, dataset_of(trials))
+            one = Comparison(f"{one_name} |width excess|", *(excess.loc[excess[MODEL] == m, "abs_excess"].to_numpy()
+                                                              for m in ("model_2", "model_1")))
             parts.append(one)
             global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"].mean()
-            texts.append(f"digit 1 drawn {global_excess:+.3f} relative width vs real under global; " +
+            texts.append(f"{one_name} drawn {global_excess:+.3f} relative width vs real under global; " +
                          one.text("model_2", "model_1"))
         verdicts.append(Verdict("b", _combine([p.outcome() for p in parts]), "; ".join(texts)))
     else:

@@ -158,6 +158,8 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
                     plots.plot_pareto, finished, (first[0], second[0]), (first[1], second[1]))
         if ("fid", "grey_fraction") not in itertools.combinations(spec["metrics"], 2):
             planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
+        if examples := front_example_grids(trials, spec, grids):
+            planned["front_samples"] = lambda: plots.plot_sample_grids(examples, GRID_THICKNESS)
         best = [(key.split("__", 1)[1], grid) for key, grid in grids.items() if key.startswith(BEST + "__")]
         if best:
             planned["best_samples"] = lambda: plots.plot_sample_grids({f"best trial {best[0][0]}": best[0][1]},
@@ -267,6 +269,44 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     return text
 
 
+def front_examples(trials: pd.DataFrame, spec: dict) -> list[tuple[str, pd.Series]]:
+    """Up to three Pareto-front members that show a multi-objective study's trade-off: the best in the first and in
+    the second objective, and the one closest to real ink intensities (lowest ink_w1; else best in the third
+    objective). A member picked twice is shown once. Empty for single-objective studies."""
+    if len(spec["metrics"]) < 2:
+        return []
+    completed = trials[trials["status"] == STATUS_COMPLETED]
+    front = pareto_front(completed, spec["metrics"], spec["modes"])
+    if front.empty:
+        return []
+    picks = [(f"best {metric}", metric, mode) for metric, mode in zip(spec["metrics"][:2], spec["modes"][:2])]
+    if "ink_w1" in front and front["ink_w1"].notna().any():
+        picks.append(("closest to real ink", "ink_w1", "min"))
+    elif len(spec["metrics"]) > 2:
+        picks.append((f"best {spec['metrics'][2]}", spec["metrics"][2], spec["modes"][2]))
+    chosen, seen = [], set()
+    for reason, metric, mode in picks:
+        values = front[metric].astype(float)
+        row = front.loc[values.idxmin() if mode == "min" else values.idxmax()]
+        if row["trial_id"] not in seen:
+            seen.add(row["trial_id"])
+            chosen.append((reason, row))
+    return chosen
+
+
+def front_example_grids(trials: pd.DataFrame, spec: dict, grids: dict) -> dict[str, np.ndarray]:
+    """label -> final sample grid of each front_examples member that has one in samples.npz."""
+    return {_example_label(reason, row): grids[sample_key(FINAL, row["trial_id"])]
+            for reason, row in front_examples(trials, spec) if sample_key(FINAL, row["trial_id"]) in grids}
+
+
+def _example_label(reason: str, row: pd.Series) -> str:
+    short = {"fid": "fid", "grey_fraction": "grey", "ink_w1": "ink"}  # a panel is 2 inches wide
+    numbers = " ".join(f"{label} {float(row[name]):.2g}" for name, label in short.items()
+                       if name in row and pd.notna(row[name]))
+    return f"{row['trial_id']}: {reason}\n{numbers}"
+
+
 def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
     """The non-dominated completed trials of a multi-objective study, with how far each sits from real data."""
     completed = trials[trials["status"] == STATUS_COMPLETED]
@@ -286,7 +326,12 @@ def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
     columns = [*[c for c in trials if c.startswith(PARAM_PREFIX)], *spec["metrics"],
                *[c for c in ("ink_w1", "grey vs real") if c in front and c not in spec["metrics"]],
                *[TEST_PREFIX + m for m in spec["metrics"] if TEST_PREFIX + m in front]]
-    return lines + [markdown_table(front.set_index("trial_id")[columns], "trial"), ""]
+    lines += [markdown_table(front.set_index("trial_id")[columns], "trial"), ""]
+    examples = front_examples(trials, spec)
+    if examples:
+        lines += ["Samples from " + ", ".join(f"`{row['trial_id']}` ({reason})" for reason, row in examples)
+                  + " are in the `front_samples` figure (same latents in every panel).", ""]
+    return lines
 
 
 def main(argv=None, prog: str = "python study/report.py") -> int:

@@ -205,23 +205,20 @@ def check_classifier(spec, extra_env: dict) -> dict:
     """Train (once, cached) or load the study's reference classifier in a child process and refuse to start,
     exit 2, when its test accuracy is below its dataset's bar, unless the study file says allow_weak_classifier.
 
-    A child keeps TensorFlow (its memory, threads and start-up lines) out of the driver.
+    A valid cache is read here without TensorFlow (its record holds the accuracy; the file's checksum is checked);
+    otherwise a child trains or repairs it, which keeps TensorFlow (its memory, threads and start-up lines) out of
+    the driver.
     Returns:
         {"classifier_accuracy", "classifier_required"} for study.json.
     """
+    from cvae.classifier import cached_accuracy, weak_classifier_message
+
     config = spec.trial_config({})
-    print(f"reference classifier for {config.dataset}: loading (the first time it trains, about a minute on 2 "
-          "cores)", flush=True)
-    env = {**os.environ, **extra_env, "PYTHONPATH": repo_pythonpath(),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-    child = subprocess.run([sys.executable, "-c", CLASSIFIER_CHECK, config.to_json()], capture_output=True, text=True,
-                           env=env, cwd=REPO, stdin=subprocess.DEVNULL)
-    found = [line for line in child.stdout.splitlines() if line.startswith("CLASSIFIER ")]
-    if child.returncode != 0 or not found:
-        fail(f"the reference classifier for {config.dataset} could not be prepared "
-             f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
-    result = json.loads(found[-1].split(" ", 1)[1])
-    from cvae.classifier import weak_classifier_message
+    cached = cached_accuracy(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
+    if cached is not None:
+        result = {"accuracy": cached[0], "required": cached[1]}
+    else:
+        result = prepare_classifier(config, extra_env)
 
     message = weak_classifier_message(result["accuracy"], result["required"], config.dataset)
     if message and not spec.allow_weak_classifier:
@@ -230,6 +227,21 @@ def check_classifier(spec, extra_env: dict) -> dict:
           f"(needs {result['required']:.0%}){'; BELOW ITS BAR, allowed by the study file' if message else ''}",
           flush=True)
     return {"classifier_accuracy": result["accuracy"], "classifier_required": result["required"]}
+
+
+def prepare_classifier(config, extra_env: dict) -> dict:
+    """Train (or load and repair) the classifier in a child process: {"accuracy", "required"}; exit 2 if it fails."""
+    print(f"reference classifier for {config.dataset}: preparing it (the first time it trains, a minute or a few "
+          "on 2 cores)", flush=True)
+    env = {**os.environ, **extra_env, "PYTHONPATH": repo_pythonpath(),
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    child = subprocess.run([sys.executable, "-c", CLASSIFIER_CHECK, config.to_json()], capture_output=True, text=True,
+                           env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    found = [line for line in child.stdout.splitlines() if line.startswith("CLASSIFIER ")]
+    if child.returncode != 0 or not found:
+        fail(f"the reference classifier for {config.dataset} could not be prepared "
+             f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
+    return json.loads(found[-1].split(" ", 1)[1])
 
 
 def check_data(spec) -> None:

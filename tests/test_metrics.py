@@ -60,6 +60,26 @@ def test_fid_and_accuracy_prefer_real_over_blurred_and_blank(halves):
     assert fid["real"] < fid["blurred"] < fid["blank"], fid
 
 
+@pytest.mark.slow
+def test_the_driver_reads_a_valid_cache_without_tensorflow(tmp_path, monkeypatch):
+    """cached_accuracy (what a study's driver calls before Ray starts) agrees with the loaded classifier and trusts
+    no cache that load_classifier would not."""
+    import shutil
+
+    from cvae.classifier import cached_accuracy, load_classifier
+
+    classifier = load_classifier("mnist-5k")
+    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
+    assert cached_accuracy("mnist-5k", test_fraction=0.2) is None  # other splits: a classifier not trained yet
+    copy = tmp_path / "cache"
+    shutil.copytree(classifier.path.parent, copy)
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(copy))
+    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
+    with open(copy / classifier.path.name, "ab") as tampered:
+        tampered.write(b"!")
+    assert cached_accuracy("mnist-5k") is None  # the checksum no longer matches: the child retrains it
+
+
 def test_thickness_agreement():
     requested = np.linspace(-1, 1, 20)
     assert metrics.thickness_agreement(requested, requested) == (1.0, 0.0)

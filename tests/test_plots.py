@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from cvae.metrics import METRICS, SAMPLE_METRICS, TEST_PREFIX  # noqa: E402
 from study import plots  # noqa: E402
-from study.claims import judge_models, judge_search  # noqa: E402
+from study.claims import Verdict, judge_models, judge_search, side_by_side  # noqa: E402
 from study.space import load_spec  # noqa: E402
 
 PRESETS = ("model_1", "model_2", "model_3", "model_4", "model_5")
@@ -251,6 +251,26 @@ def test_model_verdicts_follow_the_numbers():
 
     one_seed = verdicts(judge_models(*models_tables(seeds=1)[::2]))
     assert one_seed["c"].verdict.startswith("not tested") and "too few seeds" in one_seed["c"].evidence
+
+
+def test_fashion_verdicts_name_the_garment_class():
+    trials, _, details = models_tables()
+    trials["dataset_source"] = "system:fashion-mnist"
+    found = verdicts(judge_models(trials, details))
+    assert "class 1 (Trouser) drawn +0.4" in found["b"].evidence and "digit 1" not in found["b"].evidence
+
+
+def test_side_by_side_says_which_claims_generalise():
+    mnist = [Verdict("a", "supported", ""), Verdict("b", "supported", ""), Verdict("c", "supported", ""),
+             Verdict("d", "partly supported", ""), Verdict("e", "not tested", "")]
+    fashion = [Verdict("a", "supported", ""), Verdict("b", "not supported", ""), Verdict("c", "partly supported", ""),
+               Verdict("d", "contradicted", ""), Verdict("e", "not tested", "")]
+    table = side_by_side({"MNIST": mnist, "Fashion-MNIST": fashion})
+    assert list(table.columns) == ["MNIST", "Fashion-MNIST", "generalises"]
+    assert list(table["generalises"]) == ["yes", "no", "partly", "no", "not tested"]
+    assert table.loc[table.index[1], "Fashion-MNIST"] == "not supported"
+    assert side_by_side({"MNIST": mnist[:1], "Fashion-MNIST": fashion[:1]}).loc[
+        table.index[1], "generalises"] == "not tested"  # a claim a study did not judge
 
 
 def test_search_verdicts_follow_the_numbers():

@@ -91,7 +91,7 @@ def test_report_rejects_a_folder_that_is_not_a_study(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_notebook_runs_headless_on_the_tiny_studies(studies):
+def test_notebook_runs_headless_on_the_tiny_studies(studies, pareto_study):
     import nbformat
     from nbclient import NotebookClient
 
@@ -99,7 +99,11 @@ def test_notebook_runs_headless_on_the_tiny_studies(studies):
     for folder in studies:
         assert report(folder).returncode == 0
     notebook = nbformat.read(REPO / "analysis.ipynb", as_version=4)
-    environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey), "CVAE_WARMUP_STUDY": str(grey)}
+    pareto = pareto_study[0]
+    assert report(pareto).returncode == 0
+    # the tiny preset grid stands in for both datasets' Model 1-5 studies
+    environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey), "CVAE_WARMUP_STUDY": str(grey),
+                   "CVAE_FASHION_STUDY": str(models), "CVAE_PARETO_STUDY": str(pareto)}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # the kernel inherits the environment
     try:
@@ -117,6 +121,9 @@ def test_notebook_runs_headless_on_the_tiny_studies(studies):
     text = "".join(str(output.get("data", {}).get("text/markdown", "")) for cell in notebook.cells
                    if cell.cell_type == "code" for output in cell.get("outputs", []))
     assert "(a) the thickness condition is respected" in text and "(e) grey loss from epoch 1" in text
+    html = "".join(str(output.get("data", {}).get("text/html", "")) for cell in notebook.cells
+                   if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "generalises" in html and "non-dominated" in text  # MNIST vs Fashion-MNIST, and the Pareto front
 
 
 def test_a_moved_study_folder_keeps_working(studies, tmp_path):
@@ -139,10 +146,11 @@ def test_a_moved_study_folder_keeps_working(studies, tmp_path):
     assert sample.returncode == 0 and out.is_file(), sample.stderr[-2000:]
 
 
-def test_multi_objective_study_reports_its_front(tmp_path, study_cli, write_space, tiny_fixed):
-    """A tiny real study of the shipped pareto.yaml's kind: the front in summary.md, one figure per pair of
-    objectives with real data marked, and ended trials keep weights only."""
-    space = write_space(tmp_path, "tiny_pareto", f"""
+@pytest.fixture(scope="module")
+def pareto_study(tmp_path_factory, study_cli, write_space, tiny_fixed):
+    """(folder, driver's stdout) of a tiny real study of the shipped pareto.yaml's kind."""
+    root = tmp_path_factory.mktemp("pareto")
+    space = write_space(root, "tiny_pareto", f"""
         name: tiny_pareto
         base: model_4
         fixed: {tiny_fixed}
@@ -153,19 +161,41 @@ def test_multi_objective_study_reports_its_front(tmp_path, study_cli, write_spac
         search: {{algorithm: optuna, sampler: tpe, seed: 0, num_samples: 3, max_concurrent: 2}}
         scheduler: {{type: fifo, max_epochs: 1}}
     """)
-    result = study_cli("--space", space, results=tmp_path)
+    result = study_cli("--space", space, results=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "tiny_pareto", result.stdout
+
+
+def test_multi_objective_study_reports_its_front(pareto_study):
+    """The front in summary.md, one figure per pair of objectives with real data marked, samples from front
+    members, and ended trials keep weights only."""
+    folder, stdout = pareto_study
     assert re.search(r"disk: \d+ MB of checkpoints and logs in .*\(\d+ MB of ended trials' optimizer state removed\)",
-                     result.stdout), result.stdout[-2000:]
-    folder = tmp_path / "tiny_pareto"
+                     stdout), stdout[-2000:]
     assert not list((folder / "tune").rglob("training_state.npz"))  # every trial ended: weights only
     assert len(list((folder / "tune").rglob("decoder.keras"))) == 3
-    assert report(folder, "--no-details").returncode == 0
+    assert report(folder).returncode == 0
     figures = {p.stem for p in (folder / "figures").glob("*.png")}
-    assert {"pareto_fid_grey_fraction", "pareto_fid_thickness_mae", "pareto_grey_fraction_thickness_mae"} <= figures
+    assert {"pareto_fid_grey_fraction", "pareto_fid_thickness_mae", "pareto_grey_fraction_thickness_mae",
+            "front_samples"} <= figures
     summary = (folder / "summary.md").read_text()
     trials = pd.read_csv(folder / "trials.csv")
     assert trials["real_grey_fraction"].between(0.3, 0.7).all()
     assert re.search(r"## Pareto front: [123] of 3 completed trials are non-dominated", summary)
     assert f"Real data: grey_fraction {trials['real_grey_fraction'].median():.3g}" in summary
     assert "grey vs real" in summary and "test_fid" in summary
+    assert re.search(r"Samples from `\w+` \(best fid\).* are in the `front_samples` figure", summary)
+
+
+def test_front_examples_show_the_trade_off():
+    from study.report import front_examples
+
+    trials = pd.DataFrame({"trial_id": ["sharp", "real", "blurry", "dominated", "pruned"],
+                           "status": ["completed"] * 4 + ["pruned"],
+                           "fid": [30.0, 18.0, 15.0, 40.0, 1.0], "grey_fraction": [0.1, 0.6, 0.9, 0.95, 0.0],
+                           "thickness_mae": [0.2, 0.1, 0.3, 0.4, 0.0], "ink_w1": [0.2, 0.04, 0.1, 0.3, 0.0]})
+    spec = {"metrics": ["fid", "grey_fraction", "thickness_mae"], "modes": ["min", "min", "min"]}
+    picked = [(reason, row["trial_id"]) for reason, row in front_examples(trials, spec)]
+    assert picked == [("best fid", "blurry"), ("best grey_fraction", "sharp"), ("closest to real ink", "real")]
+    assert front_examples(trials, {"metrics": ["fid"], "modes": ["min"]}) == []
+    assert [r for r, _ in front_examples(trials.drop(columns="ink_w1"), spec)][-1] == "best thickness_mae"
