@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from cvae.data import class_name
-from cvae.metrics import METRICS
+from cvae.metrics import METRICS, REAL_PREFIX
 from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, split_label,
                            with_models)
 
@@ -159,6 +159,7 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
         side = [compare(trials, m, a, b).text(a, b) for a, b in pairs for m in ("fid", "ink_w1")]
         verdicts.append(Verdict("c", _combine([c.outcome() for c in sharper]),
                                 "; ".join(c.text(a, b) for c, (a, b) in zip(sharper, pairs))
+                                + _real_level(trials, "grey_fraction")
                                 + ". Side effects (sharper is not automatically more realistic): " + "; ".join(side)))
     else:
         verdicts.append(Verdict("c", "not tested", "needs model_4 vs model_2 or model_5 vs model_3"))
@@ -175,6 +176,14 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
     return verdicts
 
 
+def _real_level(trials: pd.DataFrame, metric: str) -> str:
+    """" (real images: <metric> X)" where the trials measured their real validation images, else ""."""
+    column = REAL_PREFIX + metric
+    if column not in trials or not trials[column].notna().any():
+        return ""
+    return f" (real images: {metric} {trials[column].median():.3g})"
+
+
 def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
     per_group = trials.groupby(MODEL)[["thickness_corr", "thickness_mae"]].mean()
     if per_group.empty:
@@ -185,8 +194,8 @@ def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:
                 f"{per_group['thickness_mae'].min():.3f}–{per_group['thickness_mae'].max():.3f}")
     if details is not None and not details.empty:
         error = (details["measured_thickness"] - details["requested_thickness"]).abs().groupby(details["digit"]).mean()
-        evidence += (f"; per digit (sweep, all trials) the largest mean abs. error is digit {error.idxmax()} "
-                     f"at {error.max():.3f}")
+        evidence += (f"; per class (sweep, all trials) the largest mean abs. error is "
+                     f"{class_name(int(error.idxmax()), dataset_of(trials))} at {error.max():.3f}")
     lowest = per_group.loc[worst, "thickness_corr"]
     verdict = ("supported" if lowest >= RESPECTED_CORRELATION else
                "partly supported" if per_group["thickness_corr"].max() >= RESPECTED_CORRELATION else "not supported")

@@ -202,8 +202,8 @@ CLASSIFIER_CHECK = ("import json, sys\nfrom cvae.classifier import classifier_fo
 
 
 def check_classifier(spec, extra_env: dict) -> dict:
-    """Train (once, cached) or load the study's reference classifier in a child process and refuse to start,
-    exit 2, when its test accuracy is below its dataset's bar, unless the study file says allow_weak_classifier.
+    """Make sure the study's reference classifier exists (trained once, cached) and refuse to start, exit 2, when
+    its test accuracy is below its dataset's bar, unless the study file says allow_weak_classifier.
 
     A valid cache is read here without TensorFlow (its record holds the accuracy; the file's checksum is checked);
     otherwise a child trains or repairs it, which keeps TensorFlow (its memory, threads and start-up lines) out of
@@ -214,7 +214,9 @@ def check_classifier(spec, extra_env: dict) -> dict:
     from cvae.classifier import cached_accuracy, weak_classifier_message
 
     config = spec.trial_config({})
-    cached = cached_accuracy(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
+    with warnings.catch_warnings():  # check_download has already said once which data this study uses
+        warnings.simplefilter("ignore")
+        cached = cached_accuracy(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
     if cached is not None:
         result = {"accuracy": cached[0], "required": cached[1]}
     else:

@@ -1,5 +1,7 @@
 """Every figure and table of study.plots, and the claim verdicts, on small tables made here (no training)."""
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -258,6 +260,9 @@ def test_fashion_verdicts_name_the_garment_class():
     trials["dataset_source"] = "system:fashion-mnist"
     found = verdicts(judge_models(trials, details))
     assert "class 1 (Trouser) drawn +0.4" in found["b"].evidence and "digit 1" not in found["b"].evidence
+    assert re.search(r"per class \(sweep, all trials\) the largest mean abs. error is class \d \(\w", found["a"].evidence)
+    trials["real_grey_fraction"] = 0.878
+    assert "(real images: grey_fraction 0.878)" in verdicts(judge_models(trials, details))["c"].evidence
 
 
 def test_side_by_side_says_which_claims_generalise():

@@ -145,3 +145,18 @@ def test_only_folders_of_unknown_trials_are_removed(tmp_path):
     removed = remove_orphan_folders(str(tmp_path), {"bf303_00000", "3286c70b", "bf303_00001"})
     assert removed == [names[2]] and sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:2])
     assert remove_orphan_folders("s3://bucket/study", set()) == []  # remote storage is left alone
+
+
+def test_shipped_results_hold_no_path_of_the_machine_that_made_them():
+    """results/reference and the saved notebook move with the repository: no absolute path of this checkout or
+    of a home folder may be in them (they were made by the project's own commands, so the code is checked too)."""
+    from pathlib import Path
+
+    shipped = [path for path in (REPO / "results" / "reference").rglob("*")
+               if path.suffix in (".csv", ".json", ".md", ".txt") and "tune" not in path.parts]
+    shipped.append(REPO / "analysis.ipynb")
+    assert len(shipped) > 10
+    forbidden = {str(REPO), str(Path.home()), "/tmp/", "/work/"}
+    found = [(path.relative_to(REPO), marker) for path in shipped for marker in forbidden
+             if marker in path.read_text(errors="replace")]
+    assert not found
