@@ -156,7 +156,7 @@ def test_shipped_results_hold_no_path_of_the_machine_that_made_them():
                if path.suffix in (".csv", ".json", ".md", ".txt") and "tune" not in path.parts]
     shipped.append(REPO / "analysis.ipynb")
     assert len(shipped) > 10
-    forbidden = {str(REPO), str(Path.home()), "/tmp/", "/work/"}
+    forbidden = {marker for marker in (str(REPO), str(Path.home()), "/tmp/", "/work/") if len(marker) > 4}
     found = [(path.relative_to(REPO), marker) for path in shipped for marker in forbidden
              if marker in path.read_text(errors="replace")]
     assert not found
