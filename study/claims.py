@@ -10,9 +10,9 @@ import pandas as pd
 from scipy import stats
 
 from cvae.data import class_name
-from cvae.metrics import METRICS, REAL_PREFIX
-from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, split_label,
-                           with_models)
+from cvae.metrics import METRICS
+from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, real_level,
+                           split_label, with_models)
 
 CLAIMS = {
     "a": "the thickness condition is respected",
@@ -178,10 +178,8 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
 
 def _real_level(trials: pd.DataFrame, metric: str) -> str:
     """" (real images: <metric> X)" where the trials measured their real validation images, else ""."""
-    column = REAL_PREFIX + metric
-    if column not in trials or not trials[column].notna().any():
-        return ""
-    return f" (real images: {metric} {trials[column].median():.3g})"
+    level = real_level(trials, metric)
+    return "" if level is None else f" (real images: {metric} {level:.3g})"
 
 
 def _thickness_respected(trials: pd.DataFrame, details, groups) -> Verdict:

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
-from cvae.metrics import METRICS, REAL_PREFIX, SAMPLE_METRICS
+from cvae.metrics import METRICS, SAMPLE_METRICS
 from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
@@ -362,6 +362,5 @@ def mark_real_data(axis, trials: pd.DataFrame, metrics) -> None:
     """A dashed line where real data sits on each axis whose metric the trials report a real value for
     (real_grey_fraction: real digits are about half grey, so 'sharper' can overshoot reality)."""
     for metric, draw in zip(metrics, (axis.axvline, axis.axhline)):
-        column = REAL_PREFIX + metric
-        if column in trials and trials[column].notna().any():
-            draw(float(trials[column].median()), color="tab:green", linestyle="--", label=f"real data ({metric})")
+        if (level := results.real_level(trials, metric)) is not None:
+            draw(level, color="tab:green", linestyle="--", label=f"real data ({metric})")

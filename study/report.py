@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from cvae.cli import ArgumentParser, fail
-from cvae.metrics import REAL_PREFIX, TEST_PREFIX
+from cvae.metrics import TEST_PREFIX
 from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
                            incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
-                           read_table, resolve_path, split_label, trial_params)
+                           read_table, real_level, resolve_path, split_label, trial_params)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -151,11 +151,9 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
         planned["parallel_coordinates"] = lambda: plots.plot_parallel_coordinates(finished, spec)
         if any(param_column(p) in trials for p in plots.GREY_PARAMETERS):
             planned["grey_effects"] = lambda: plots.plot_grey_effects(finished)
-        objectives = list(zip(spec["metrics"], spec["modes"]))
-        if len(objectives) > 1:  # every pair of objectives, real data marked where the trials report it
-            for first, second in itertools.combinations(objectives, 2):
-                planned[f"pareto_{first[0]}_{second[0]}"] = functools.partial(
-                    plots.plot_pareto, finished, (first[0], second[0]), (first[1], second[1]))
+        for metrics, modes in objective_pairs(spec):  # real data marked where the trials report it
+            planned[f"pareto_{metrics[0]}_{metrics[1]}"] = functools.partial(plots.plot_pareto, finished, metrics,
+                                                                            modes)
         if ("fid", "grey_fraction") not in itertools.combinations(spec["metrics"], 2):
             planned["pareto_fid_grey"] = lambda: plots.plot_pareto(finished)
         if examples := front_example_grids(trials, spec, grids):
@@ -269,14 +267,25 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     return text
 
 
+def objective_pairs(spec: dict) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """((metric, metric), (mode, mode)) for every pair of a multi-objective study's objectives (one Pareto figure
+    each); empty for a single objective."""
+    return [tuple(zip(*pair)) for pair in itertools.combinations(list(zip(spec["metrics"], spec["modes"])), 2)]
+
+
+def completed_front(trials: pd.DataFrame, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(completed trials, their Pareto front on the study's objectives at the last epoch)."""
+    completed = trials[trials["status"] == STATUS_COMPLETED]
+    return completed, pareto_front(completed, spec["metrics"], spec["modes"])
+
+
 def front_examples(trials: pd.DataFrame, spec: dict) -> list[tuple[str, pd.Series]]:
     """Up to three Pareto-front members that show a multi-objective study's trade-off: the best in the first and in
     the second objective, and the one closest to real ink intensities (lowest ink_w1; else best in the third
     objective). A member picked twice is shown once. Empty for single-objective studies."""
     if len(spec["metrics"]) < 2:
         return []
-    completed = trials[trials["status"] == STATUS_COMPLETED]
-    front = pareto_front(completed, spec["metrics"], spec["modes"])
+    _, front = completed_front(trials, spec)
     if front.empty:
         return []
     picks = [(f"best {metric}", metric, mode) for metric, mode in zip(spec["metrics"][:2], spec["modes"][:2])]
@@ -309,15 +318,13 @@ def _example_label(reason: str, row: pd.Series) -> str:
 
 def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
     """The non-dominated completed trials of a multi-objective study, with how far each sits from real data."""
-    completed = trials[trials["status"] == STATUS_COMPLETED]
-    front = pareto_front(completed, spec["metrics"], spec["modes"]).copy()
+    completed, front = completed_front(trials, spec)
+    front = front.copy()
     lines = [f"## Pareto front: {len(front)} of {len(completed)} completed trials are non-dominated on validation "
              + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])), ""]
     if front.empty:
         return lines + ["none yet", ""]
-    real = REAL_PREFIX + "grey_fraction"
-    if real in front and front[real].notna().any():
-        level = float(front[real].median())
+    if (level := real_level(front, "grey_fraction")) is not None:
         front["grey vs real"] = front["grey_fraction"] - level
         closest = front.loc[front["ink_w1"].astype(float).idxmin()]
         lines += [f"Real data: grey_fraction {level:.3g}; a negative `grey vs real` is sharper than real digits. "

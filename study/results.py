@@ -367,6 +367,15 @@ def has_test_numbers(trials: pd.DataFrame) -> bool:
     return any(name in trials and trials[name].notna().any() for name in TEST_METRICS)
 
 
+def real_level(trials: pd.DataFrame, metric: str) -> float | None:
+    """Where real data sits on a sample metric: the median of the trials' real_<metric> (their real validation
+    images' own value), or None when the table does not report it."""
+    column = REAL_PREFIX + metric
+    if column not in trials or not trials[column].notna().any():
+        return None
+    return float(trials[column].median())
+
+
 def on_test_split(trials: pd.DataFrame) -> pd.DataFrame:
     """Completed trials with every sample metric column holding its test-split value (test_<metric>), so tables
     and verdicts state numbers no selection saw; unchanged (validation) for tables without test numbers."""
