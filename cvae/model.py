@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import layers, ops, regularizers
 
 from cvae.data import CONDITION_DIM, IMAGE_SHAPE
@@ -29,7 +28,8 @@ class Sampling(layers.Layer):
 
     def call(self, inputs, training=False):
         z_mean, z_log_var = inputs
-        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator if training else self.seed or 0)
+        noise = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,  # bf16 under mixed precision
+                                    seed=self.seed_generator if training else self.seed or 0)
         return z_mean + ops.exp(0.5 * z_log_var) * noise
 
     def get_config(self):
@@ -156,6 +156,8 @@ class CVAE(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
+        import tensorflow as tf  # here, not at the top: the model builds on any Keras backend (gpu_throughput.py)
+
         images, conditions = data
         with tf.GradientTape() as tape:
             terms = self.compute_losses(images, conditions, training=True)

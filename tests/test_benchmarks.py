@@ -30,3 +30,25 @@ def test_search_efficiency_counts_epochs_until_within_five_percent():
         "ASHA+TPE: within 5 % of the best after 35 % of the baseline's epochs"
     assert search.summary_line(40, [10, None]).endswith("(1 of 2 runs never got there)")
     assert search.summary_line(40, [None]).startswith("ASHA+TPE: never within 5 %")
+
+
+def test_gpu_throughput_adds_concurrent_trials_and_compares_with_one_alone():
+    gpu = load("gpu_throughput")
+    results = [{"backend": "jax", "precision": "float32", "xla": True, "loop": "epoch", "images_per_s": rate,
+                "ready_s": ready, "first_timed_loss": loss, "peak_memory_mb": 442.0}
+               for rate, ready, loss in ((1000.0, 12.0, 55.1), (3000.0, 19.5, 55.3))]
+    line = gpu.summary_line(results, alone=2000.0)
+    assert "trials=2: 4,000 images/s (2,000 per trial, 2.00x one trial)" in line
+    assert "ready after 20 s" in line and "first timed loss 55.1-55.3" in line and "442 MB per trial" in line
+    assert "x one trial" not in gpu.summary_line(results[:1], alone=None)
+
+
+def test_gpu_throughput_refuses_unknown_backends_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for flags in (["--backends", "mxnet"], ["--precisions", "float8"], ["--trials", "0"], ["--trials", "two"]):
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), *flags],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, flags
+        assert done.stderr.count("\n") == 1 and "backends: tensorflow, jax, torch" in done.stderr, done.stderr

@@ -68,3 +68,29 @@ def test_sampling_layer_survives_safe_mode(tmp_path):
     conditions = np.zeros((2, CONDITION_DIM), np.float32)
     np.testing.assert_allclose(loaded([images, conditions])[0], encoder([images, conditions])[0], rtol=1e-5)
     assert not any(layer.__class__.__name__ == "Lambda" for layer in loaded.layers)
+
+
+def test_the_model_trains_under_mixed_bfloat16():
+    """bf16 layers (the GPU benchmark's mixed precision): the sampling noise takes the layers' dtype (it was
+    float32, and building the encoder failed), the losses stay float32 and a training step moves the weights."""
+    import keras
+    import tensorflow as tf
+
+    from cvae.model import build_cvae
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_cvae(TrialConfig(latent_dim=4, width=0.25))
+        assert model.encoder.get_layer("z").compute_dtype == "bfloat16"
+        images = np.random.default_rng(2).random((8, 28, 28), dtype=np.float32)
+        conditions = np.zeros((8, CONDITION_DIM), np.float32)
+        before = np.array(model.decoder.get_layer("image").kernel)
+        batches = tf.data.Dataset.from_tensor_slices((images, conditions)).batch(8)  # as training_batches
+        logs = model.fit(batches, epochs=1, verbose=0).history
+        terms = model.compute_losses(images, conditions, training=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert before.dtype == np.float32 and terms["loss"].dtype == "float32"
+    assert np.isfinite(logs["loss"][0]) and logs["loss"][0] > 0
+    assert not np.array_equal(before, np.array(model.decoder.get_layer("image").kernel))
