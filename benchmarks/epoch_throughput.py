@@ -243,6 +243,9 @@ def main() -> None:
     parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     parser.add_argument("--fused-adam", action="store_true",
                         help="measure the lever: Adam as one fused kernel per variable (ResourceApplyAdam)")
+    parser.add_argument("--l2", type=float, default=None,
+                        help="the conv kernels' L2 factor (default: the config's); --l2 0 removes the penalty and "
+                             "its gradient, the most a directly added L2 gradient could save")
     args = parser.parse_args()
 
     import keras
@@ -263,6 +266,8 @@ def main() -> None:
     # Timed on the training's own input pipeline (cvae.train.training_batches: in-memory tensors, a stateless
     # per-epoch permutation) one epoch at a time, as a trial trains; the first epoch traces and is not timed.
     config = TrialConfig(dataset="mnist-5k", batch_size=args.batch_size, epochs=args.chunks + 1)
+    if args.l2 is not None:
+        config = config.replace(l2=args.l2)
     data = prepare_data_for(config)
     batches, chunk = training_batches(data, config, 0)
     args.steps_per_execution = args.steps_per_execution or chunk
@@ -292,7 +297,8 @@ def main() -> None:
 
     print(f"machine: {cores} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}; "
           f"threads intra={args.intra_op or cores} inter={args.inter_op}; steps_per_execution={args.steps_per_execution}"
-          f"{'; optimizer: fused Adam (ResourceApplyAdam)' if args.fused_adam else ''}")
+          f"{'; optimizer: fused Adam (ResourceApplyAdam)' if args.fused_adam else ''}; l2={config.l2:g}; "
+          f"oneDNN {'off' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '0' else 'on'}")
     print(f"model FLOPs per sample: forward {forward / 1e6:.1f} M, training step {training / 1e6:.1f} M")
     print(f"matmul peak (2048x2048 float32, best of 5, before/after): {peak_before:.1f} / {peak_after:.1f} GFLOP/s")
     print(f"training epochs ({chunk} steps of the training's own pipeline each): "
@@ -313,22 +319,40 @@ def main() -> None:
     evaluate_decoder(model.decoder, evaluation, classifier)  # warm-up (tracing)
     held_out = evaluation_batches(data.validation)
     model.evaluate(held_out, verbose=0)
-    started = time.perf_counter()
-    evaluate_decoder(model.decoder, evaluation, classifier)
-    sample_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    model.evaluate(held_out, verbose=0)
-    validation_seconds_5k = time.perf_counter() - started
+
+    def median_seconds(work, rounds: int = 5) -> float:  # one round can land in a slow phase of this machine
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    sample_seconds = median_seconds(lambda: evaluate_decoder(model.decoder, evaluation, classifier))
+    floor = evaluation_flops(model, classifier, evaluation, len(data.validation)) / (peak * 1e9)
+    validation_seconds_5k = median_seconds(lambda: model.evaluate(held_out, verbose=0))
     per_image_validation = validation_seconds_5k / len(data.validation)
     for label, train_images, held_images in (("embedded 5k (4,000 train / 500 validation)", len(data.train),
                                               len(data.validation)),
                                              ("full MNIST (56,000 train / 7,000 validation)", 56000, 7000)):
         epoch_seconds = train_images / samples_per_second
         evaluation_seconds = sample_seconds + per_image_validation * held_images
-        print(f"evaluation, {label}: {evaluation_seconds:.2f} s per epoch "
+        print(f"evaluation (median of 5), {label}: {evaluation_seconds:.2f} s per epoch "
               f"(samples+metrics {sample_seconds:.2f} s, held-out loss {per_image_validation * held_images:.2f} s) "
               f"= {100 * evaluation_seconds / epoch_seconds:.1f} % of a {epoch_seconds:.1f} s training epoch")
+    print(f"evaluation at the matmul peak (its conv/dense FLOPs / {peak:.0f} GFLOP/s): {floor:.2f} s = "
+          f"{100 * floor * samples_per_second / len(data.train):.1f} % of an embedded-sample epoch")
     check_same_training()
+
+
+def evaluation_flops(model, classifier, evaluation, validation_images: int) -> int:
+    """Conv/dense FLOPs of one epoch's evaluation: the decoder for every sample and sweep image, the classifier
+    for the samples, and the whole CVAE forward for the held-out loss."""
+    decoder = sum(layer_flops(layer) for layer in model.decoder.layers)
+    network = sum(layer_flops(layer) for layer in classifier.model.layers)
+    forward, _ = model_flops(model)
+    samples = len(evaluation.latents)
+    return (samples + len(evaluation.sweep_latents)) * decoder + samples * network + validation_images * forward
 
 
 # model_4 on the embedded digits, seed 0: per-epoch train loss before the whole-epoch compiled loop (one

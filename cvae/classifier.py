@@ -44,7 +44,7 @@ class Classifier:
         features, probabilities = [], []
         for start in range(0, len(images), batch_size):
             batch = np.asarray(images[start : start + batch_size], dtype=np.float32)[..., None]
-            f, p = self.model(batch, training=False)
+            f, p = self.model.predict_on_batch(batch)  # compiled: bitwise the eager call's outputs, faster
             features.append(np.asarray(f))
             probabilities.append(np.asarray(p))
         if not features:

@@ -52,3 +52,29 @@ def test_gpu_throughput_refuses_unknown_backends_in_one_line(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, flags
         assert done.stderr.count("\n") == 1 and "backends: tensorflow, jax, torch" in done.stderr, done.stderr
+
+
+def test_epoch_throughput_counts_the_reference_models_flops_by_hand():
+    """model_4's conv/dense FLOPs per image, counted here layer by layer (multiply-add = 2)."""
+    from types import SimpleNamespace
+
+    from cvae.classifier import build_classifier
+    from cvae.config import TrialConfig
+    from cvae.model import build_cvae
+
+    throughput = load("epoch_throughput")
+    encoder = (2 * 14 * 14 * 9 * 1 * 32 + 2 * 7 * 7 * 9 * 32 * 64 + 2 * 7 * 7 * 9 * 64 * 128  # three convs
+               + 2 * (7 * 7 * 128 + 11) * 256 + 2 * 784 * 64 + 2 * 2 * 320 * 40)  # dense, shortcut, mean, log_var
+    decoder = (2 * 51 * 320 + 2 * 320 * 7 * 7 * 160  # two dense layers
+               + 2 * 7 * 7 * 9 * 160 * 80 + 2 * 14 * 14 * 9 * 80 * 40 + 2 * 28 * 28 * 9 * 40 * 1)  # three deconvs
+    model = build_cvae(TrialConfig())
+    forward, training = throughput.model_flops(model)
+    assert forward == encoder + decoder
+    # the first conv and the image shortcut read only the input: no input gradient (2x, not 3x)
+    assert training == 3 * forward - 2 * 14 * 14 * 9 * 1 * 32 - 2 * 784 * 64
+    classifier = SimpleNamespace(model=build_classifier())
+    network = sum(throughput.layer_flops(layer) for layer in classifier.model.layers)
+    evaluation = SimpleNamespace(latents=[0] * 500, sweep_latents=[0] * 720)
+    assert network > 0
+    assert throughput.evaluation_flops(model, classifier, evaluation, 500) == (
+        1220 * decoder + 500 * network + 500 * forward)

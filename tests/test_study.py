@@ -515,3 +515,24 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head and every Ray process it started (its own session)
         head.wait()
+
+
+RETRACING_SCRIPT = """
+import sys
+import numpy as np
+from study.trainable import quiet_library_logs
+quiet_library_logs()
+import keras
+for number in range(8):  # a reused worker builds one model per trial; each traces its own functions
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.predict_on_batch(np.zeros((3, 4), np.float32))
+"""
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_a_reused_workers_retracing_warning_stays_off_the_console_unless_verbose(verbose):
+    environment = {**os.environ, "CVAE_VERBOSE": verbose}
+    done = subprocess.run([sys.executable, "-c", RETRACING_SCRIPT], cwd=REPO, env=environment, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("triggered tf.function retracing" in done.stdout + done.stderr) == (verbose == "1")
