@@ -315,9 +315,13 @@ def main() -> None:
         counts = [int(count) for count in args.trials.split(",")]
     except ValueError:
         counts = []
-    if unknown or not counts or min(counts) < 1:
-        parser.exit(2, f"error: unknown {', '.join(unknown) or '--trials'}; backends: {', '.join(BACKENDS)}; "
-                    f"precisions: {', '.join(PRECISIONS)}; --trials: positive integers such as 1,2,4\n")
+    problem = (f"unknown {', '.join(unknown)}" if unknown
+               else f"--trials {args.trials!r} is not a list of positive integers" if not counts or min(counts) < 1
+               else "--seconds and --ready-within must be positive" if min(args.seconds, args.ready_within) <= 0
+               else None)
+    if problem:
+        parser.exit(2, f"error: {problem}; backends: {', '.join(BACKENDS)}; precisions: {', '.join(PRECISIONS)}; "
+                    f"--trials: positive integers such as 1,2,4; --seconds, --ready-within: positive\n")
     print(f"device: {device_name()}; model_4, batch 32, embedded digits; {args.seconds:g} s timed per measurement",
           flush=True)
     lines = []

@@ -230,8 +230,8 @@ def evaluation_set_for(config, split: Split, stats: ThicknessStats, classifier) 
 def generate(decoder, latents: np.ndarray, conditions: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoder outputs clipped to [0, 1], shape (N, 28, 28).
 
-    predict_on_batch runs Keras' compiled predict function: bitwise the same images as an eager call, 20 % faster
-    for the per-epoch samples and sweep (benchmarks/epoch_throughput.py).
+    predict_on_batch runs Keras' compiled predict function: bitwise the same images as an eager call, and about
+    20 % faster for the per-epoch samples and sweep (README, "Tests and benchmarks").
     """
     outputs = [
         np.asarray(decoder.predict_on_batch([latents[i : i + batch_size], conditions[i : i + batch_size]]))

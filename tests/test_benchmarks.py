@@ -43,15 +43,17 @@ def test_gpu_throughput_adds_concurrent_trials_and_compares_with_one_alone():
     assert "x one trial" not in gpu.summary_line(results[:1], alone=None)
 
 
-def test_gpu_throughput_refuses_unknown_backends_in_one_line(tmp_path):
+def test_gpu_throughput_refuses_unknown_backends_in_one_line():
     import subprocess
     import sys
 
-    for flags in (["--backends", "mxnet"], ["--precisions", "float8"], ["--trials", "0"], ["--trials", "two"]):
+    for flags in (["--backends", "mxnet"], ["--precisions", "float8"], ["--trials", "0"], ["--trials", "two"],
+                  ["--seconds", "0"]):
         done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), *flags],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, flags
         assert done.stderr.count("\n") == 1 and "backends: tensorflow, jax, torch" in done.stderr, done.stderr
+        assert flags[1] in done.stderr or "positive" in done.stderr
 
 
 def test_epoch_throughput_counts_the_reference_models_flops_by_hand():

@@ -518,7 +518,6 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
 
 
 RETRACING_SCRIPT = """
-import sys
 import numpy as np
 from study.trainable import quiet_library_logs
 quiet_library_logs()
