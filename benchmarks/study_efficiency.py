@@ -72,8 +72,22 @@ def summarise(run: dict, cpus: int) -> None:
     print(f"trial length (time_total_s): min {per_trial['total'].min():.1f} s, median {per_trial['total'].median():.1f} s")
     for label, seconds in parts.items():
         print(f"  {label:<40} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
-    rest = budget - sum(parts.values())
-    print(f"  {'Ray/Tune start-up, scheduling, idle':<40} {rest:8.1f} CPU-s  {100 * rest / budget:5.1f} %")
+    # Where the rest went, from each trial's span (report timestamps are whole seconds: +-1 s per trial).
+    spans = table.assign(start=table["timestamp"] - table["time_total_s"]).groupby("trial_id").agg(
+        start=("start", "min"), end=("timestamp", "max"))
+    inside = per_trial["total"].sum()
+    busy_span = spans["end"].max() - spans["start"].min()
+    ends = spans["end"].sort_values().to_numpy()
+    rests = {
+        "inside trials, none of the above": inside - sum(parts.values()),
+        "no trial on a CPU between the first start and the last end": busy_span * cpus - inside,
+        "before the first trial and after the last": budget - busy_span * cpus,
+    }
+    for label, seconds in rests.items():
+        print(f"  {label:<40} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} %")
+    if len(ends) > 1:
+        print(f"  (the last trial ran alone for its final {ends[-1] - ends[-2]:.0f} s; "
+              f"inside trials, none of the above = the test split's evaluation, Tune's report and checkpoint copy)")
     print(f"training-step share: {100 * train / budget:.1f} % of command wall x CPUs, "
           f"{100 * train / tune_budget:.1f} % of tune.fit wall x CPUs")
     print(f"per-trial start-up: TensorFlow import {per_trial['tf_import'].mean():.2f} s, "
