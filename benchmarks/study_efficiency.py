@@ -71,7 +71,7 @@ def summarise(run: dict, cpus: int) -> None:
           f"tune.fit wall {run['tune_wall']:.0f} s, {cpus} CPUs")
     print(f"trial length (time_total_s): min {per_trial['total'].min():.1f} s, median {per_trial['total'].median():.1f} s")
     for label, seconds in parts.items():
-        print(f"  {label:<40} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
+        print(f"  {label:<58} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
     # Where the rest went, from each trial's span (report timestamps are whole seconds: +-1 s per trial).
     spans = table.assign(start=table["timestamp"] - table["time_total_s"]).groupby("trial_id").agg(
         start=("start", "min"), end=("timestamp", "max"))
@@ -84,7 +84,7 @@ def summarise(run: dict, cpus: int) -> None:
         "before the first trial and after the last": budget - busy_span * cpus,
     }
     for label, seconds in rests.items():
-        print(f"  {label:<40} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} %")
+        print(f"  {label:<58} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
     if len(ends) > 1:
         print(f"  (the last trial ran alone for its final {ends[-1] - ends[-2]:.0f} s; "
               f"inside trials, none of the above = the test split's evaluation, Tune's report and checkpoint copy)")

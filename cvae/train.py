@@ -36,6 +36,8 @@ def training_batches(data, config: TrialConfig, start_epoch: int):
     """Batches of epochs start_epoch+1 .. config.epochs back to back (fit reads steps_per_epoch of them each epoch)."""
     import tensorflow as tf
 
+    from cvae.data import prefetched
+
     images = tf.constant(data.train.images)
     conditions = tf.constant(data.train.conditions())
     count = len(data.train)
@@ -46,7 +48,7 @@ def training_batches(data, config: TrialConfig, start_epoch: int):
         return batches.map(lambda index: (tf.gather(images, index), tf.gather(conditions, index)))
 
     epochs = tf.data.Dataset.range(start_epoch + 1, config.epochs + 1)
-    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE), steps_per_epoch(data, config)
+    return prefetched(epochs.flat_map(one_epoch)), steps_per_epoch(data, config)
 
 
 def steps_per_epoch(data, config: TrialConfig) -> int:

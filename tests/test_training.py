@@ -41,6 +41,23 @@ def test_the_speed_work_kept_the_training(tiny_run):
     assert [report["loss"] for report in reports] == pytest.approx([74.475, 82.470], rel=0.02)
 
 
+def test_the_input_pipelines_run_without_the_autotuner_and_keep_the_epoch_order(tiny_config):
+    # tf.data's autotuner thread held up the end of fit() by 14-31 s on busy cores (its iterator's destructor
+    # waits for it); the pipelines slice in-memory tensors, so they run with it off and the same batches.
+    from cvae.data import evaluation_batches, prepare_data_for
+    from cvae.train import epoch_order, steps_per_epoch, training_batches
+
+    data = prepare_data_for(tiny_config)
+    batches, steps = training_batches(data, tiny_config, start_epoch=1)
+    validation = evaluation_batches(data.validation)
+    assert batches.options().autotune.enabled is False and validation.options().autotune.enabled is False
+    received = [images.numpy() for images, _ in batches]
+    assert steps == steps_per_epoch(data, tiny_config) and len(received) == steps  # epoch 2 only: it resumes at 1
+    order = epoch_order(tiny_config.seed, 2, len(data.train)).numpy()
+    np.testing.assert_array_equal(np.concatenate(received), data.train.images[order])
+    assert sum(len(images) for images, _ in validation) == len(data.validation)
+
+
 def test_grey_weight_is_zero_in_warmup_and_on_after(tiny_run, tiny_config):
     reports, _, _ = tiny_run
     assert reports[0]["grey_weight"] == 0.0
