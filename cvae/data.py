@@ -435,7 +435,7 @@ def prefetched(batches):
     """batches with a small fixed prefetch and tf.data's autotuner off.
 
     The autotuner runs a background thread per iterator that the iterator's destructor waits for: on busy
-    cores fit() returned 14-31 s after its last epoch while that thread finished, and the trial's CPU idled.
+    cores fit() returned up to 31 s after its last epoch while that thread finished, and the trial's CPU idled.
     These pipelines only slice tensors already in memory, so there is nothing for it to tune.
     """
     import tensorflow as tf

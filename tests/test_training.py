@@ -42,7 +42,7 @@ def test_the_speed_work_kept_the_training(tiny_run):
 
 
 def test_the_input_pipelines_run_without_the_autotuner_and_keep_the_epoch_order(tiny_config):
-    # tf.data's autotuner thread held up the end of fit() by 14-31 s on busy cores (its iterator's destructor
+    # tf.data's autotuner thread held up the end of fit() by up to 31 s on busy cores (its iterator's destructor
     # waits for it); the pipelines slice in-memory tensors, so they run with it off and the same batches.
     from cvae.data import evaluation_batches, prepare_data_for
     from cvae.train import epoch_order, steps_per_epoch, training_batches
