@@ -67,23 +67,21 @@ def summarise(run: dict, cpus: int) -> None:
         "trial start-up: TensorFlow import": per_trial["tf_import"].sum(),
         "trial start-up: data, classifier, model": per_trial["setup"].sum(),
     }
-    print(f"\n== {run['name']}: {len(per_trial)} trials, {len(table)} epochs; command wall {run['wall']:.1f} s, "
-          f"tune.fit wall {run['tune_wall']:.0f} s, {cpus} CPUs")
-    print(f"trial length (time_total_s): min {per_trial['total'].min():.1f} s, median {per_trial['total'].median():.1f} s")
-    for label, seconds in parts.items():
-        print(f"  {label:<58} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
     # Where the rest went, from each trial's span (report timestamps are whole seconds: +-1 s per trial).
     spans = table.assign(start=table["timestamp"] - table["time_total_s"]).groupby("trial_id").agg(
         start=("start", "min"), end=("timestamp", "max"))
     inside = per_trial["total"].sum()
-    busy_span = spans["end"].max() - spans["start"].min()
     ends = spans["end"].sort_values().to_numpy()
-    rests = {
+    busy_span = ends[-1] - spans["start"].min()
+    parts.update({
         "inside trials, none of the above": inside - sum(parts.values()),
         "no trial on a CPU between the first start and the last end": busy_span * cpus - inside,
         "before the first trial and after the last": budget - busy_span * cpus,
-    }
-    for label, seconds in rests.items():
+    })
+    print(f"\n== {run['name']}: {len(per_trial)} trials, {len(table)} epochs; command wall {run['wall']:.1f} s, "
+          f"tune.fit wall {run['tune_wall']:.0f} s, {cpus} CPUs")
+    print(f"trial length (time_total_s): min {per_trial['total'].min():.1f} s, median {per_trial['total'].median():.1f} s")
+    for label, seconds in parts.items():
         print(f"  {label:<58} {seconds:8.1f} CPU-s  {100 * seconds / budget:5.1f} % of wall x CPUs")
     if len(ends) > 1:
         print(f"  (the last trial ran alone for its final {ends[-1] - ends[-2]:.0f} s; "
