@@ -68,7 +68,11 @@ def save_checkpoint(model, folder: Path, epoch: int, history: list[dict], config
 
 
 def _write_state(folder: str | Path, state: dict) -> None:
-    (Path(folder) / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+    """state.json in one step: strip_training_state rewrites it in a finished checkpoint that must stay readable."""
+    path = Path(folder) / STATE_FILE
+    scratch = path.with_name(f".{STATE_FILE}.tmp")
+    scratch.write_text(json.dumps(state, indent=1, default=float))
+    scratch.replace(path)
 
 
 def strip_training_state(folder: str | Path) -> int:

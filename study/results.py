@@ -126,10 +126,14 @@ def _relocatable(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return frame
 
 
-def _replace_atomically(frame: pd.DataFrame, path: Path) -> None:
+def _replace_atomically(content: pd.DataFrame | str, path: Path) -> None:
+    """Write a table (as CSV) or a text to `path` in one step: a reader, or a run killed meanwhile, never sees half."""
     scratch = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(scratch, index=False)
-    scratch.replace(path)  # a reader never sees half a file
+    if isinstance(content, str):
+        scratch.write_text(content)
+    else:
+        content.to_csv(scratch, index=False)
+    scratch.replace(path)
 
 
 def write_trials(folder: Path, records: list[TrialRecord]) -> pd.DataFrame:
@@ -238,7 +242,7 @@ def save_spec(folder: Path, spec, recorded: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve()),
               **(recorded or {})}
-    (folder / SPEC_FILE).write_text(json.dumps(values, indent=1, default=list))
+    _replace_atomically(json.dumps(values, indent=1, default=list), folder / SPEC_FILE)
 
 
 MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed

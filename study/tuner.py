@@ -21,6 +21,7 @@ from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_P
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
+from study.storage import remove_partial_files, storage_filesystem
 from study.trainable import run_trial
 
 logger = logging.getLogger(__name__)
@@ -317,6 +318,7 @@ def run_config(spec, storage_path: str, callbacks: list, keep_checkpoints: int =
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_path,
+        storage_filesystem=storage_filesystem(storage_path),  # a killed driver leaves no torn state file
         callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(
@@ -333,11 +335,13 @@ def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple
 
     The searcher's state comes back from the experiment folder; the callbacks are this run's (a tracker given
     only now, e.g. --mlflow, takes part too). Tuner.restore takes no callbacks, so they are set on the
-    restored run configuration (Ray 2.60: Tuner._local_tuner._run_config).
+    restored run configuration (Ray 2.60: Tuner._local_tuner._run_config). Files a killed driver was still
+    writing are removed first; the versions they would have replaced are whole.
     """
+    remove_partial_files(experiment_path)
     tuner = tune.Tuner.restore(
         experiment_path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True,
-        param_space=param_space(spec) or None,
+        param_space=param_space(spec) or None, storage_filesystem=storage_filesystem(experiment_path),
     )
     restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if restored is None:

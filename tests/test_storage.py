@@ -1,0 +1,120 @@
+"""Tune's storage folder: a writer killed mid-copy leaves the old file whole (no Ray needed)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import REPO
+
+# A child copies a 2 MB file over an old one with pyarrow.fs.copy_files (what Tune's sync does), through a source
+# that hands over the first half and then blocks, so the parent can SIGKILL it mid-copy every time.
+KILLED_COPY = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import pyarrow, pyarrow.fs
+    from study.storage import storage_filesystem
+
+    class Blocking:
+        def __init__(self, data, marker):
+            self.data, self.marker, self.closed, self.position = data, marker, False, 0
+        def read(self, size=-1):
+            if self.position:  # the first half is written: tell the parent, then hang until killed
+                Path(self.marker).touch()
+                time.sleep(600)
+            self.position = len(self.data) // 2
+            return self.data[:self.position]
+        def close(self):
+            self.closed = True
+
+    class Source(pyarrow.fs.FileSystemHandler):
+        def __init__(self): self.local = pyarrow.fs.LocalFileSystem()
+        def __eq__(self, other): return self is other
+        def __ne__(self, other): return self is not other
+        def get_type_name(self): return "blocking"
+        def normalize_path(self, path): return path
+        def get_file_info(self, paths): return self.local.get_file_info(paths)
+        def get_file_info_selector(self, selector): return self.local.get_file_info(selector)
+        def open_input_stream(self, path):
+            return pyarrow.PythonFile(Blocking(Path(path).read_bytes(), sys.argv[3]), mode="r")
+        def open_input_file(self, path): return self.open_input_stream(path)
+        create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = None
+        move = copy_file = open_output_stream = open_append_stream = None
+
+    source, target, marker, atomic = sys.argv[1:5]
+    target_fs = storage_filesystem(target) if atomic == "1" else pyarrow.fs.LocalFileSystem()
+    pyarrow.fs.copy_files(source, target, source_filesystem=pyarrow.fs.PyFileSystem(Source()),
+                          destination_filesystem=target_fs, chunk_size=1 << 20)
+""")
+
+
+def _kill_mid_copy(tmp_path, atomic: bool):
+    """(the target's bytes after the kill, the old bytes, the names left in its folder)."""
+    folder = tmp_path / ("atomic" if atomic else "plain")
+    folder.mkdir()
+    source, target, marker = tmp_path / "new.bin", folder / "tuner.pkl", folder / "halfway"
+    source.write_bytes(os.urandom(2 << 20))
+    old = os.urandom(1000)
+    target.write_bytes(old)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_COPY, str(source), str(target), str(marker),
+                              "1" if atomic else "0"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 60
+        while not marker.exists():
+            assert child.poll() is None and time.time() < deadline, "the copy never reached its middle"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    marker.unlink()
+    return target.read_bytes(), old, sorted(path.name for path in folder.iterdir())
+
+
+def test_a_copy_killed_halfway_leaves_the_old_file_whole(tmp_path):
+    from study.storage import PARTIAL_SUFFIX, remove_partial_files
+
+    torn, old, _ = _kill_mid_copy(tmp_path, atomic=False)
+    assert torn != old and len(torn) == 1 << 20  # pyarrow's own local file system: truncated, half written
+
+    kept, old, names = _kill_mid_copy(tmp_path, atomic=True)
+    assert kept == old
+    assert len(names) == 2 and names[0].startswith(".tuner.pkl.") and names[0].endswith(PARTIAL_SUFFIX), names
+    assert remove_partial_files(str(tmp_path / "atomic")) == 1
+    assert [path.name for path in (tmp_path / "atomic").iterdir()] == ["tuner.pkl"]
+
+
+def test_the_atomic_file_system_writes_copies_and_travels_to_workers(tmp_path):
+    """Whole files replace old ones, a dropped stream publishes nothing, and it pickles (workers get a copy)."""
+    import gc
+    import pickle
+
+    import pyarrow.fs
+
+    from study.storage import storage_filesystem
+
+    assert storage_filesystem("s3://bucket/studies") is None  # a URI keeps pyarrow's own store
+    files = pickle.loads(pickle.dumps(storage_filesystem(str(tmp_path))))
+    (tmp_path / "source" / "checkpoint").mkdir(parents=True)
+    weights = os.urandom(3 << 20)
+    (tmp_path / "source" / "checkpoint" / "weights.bin").write_bytes(weights)
+    (tmp_path / "state.json").write_text("old")
+    pyarrow.fs.copy_files(str(tmp_path / "source"), str(tmp_path / "copy"), destination_filesystem=files)
+    assert (tmp_path / "copy" / "checkpoint" / "weights.bin").read_bytes() == weights
+
+    stream = files.open_output_stream(str(tmp_path / "state.json"))
+    stream.write(b"half")
+    del stream  # a writer that gave up: nothing published, nothing left behind
+    gc.collect()
+    assert (tmp_path / "state.json").read_text() == "old"
+    with files.open_output_stream(str(tmp_path / "state.json")) as stream:
+        stream.write(b"new")
+    assert (tmp_path / "state.json").read_text() == "new"
+    files.copy_file(str(tmp_path / "state.json"), str(tmp_path / "copied.json"))
+    assert (tmp_path / "copied.json").read_text() == "new"
+    assert not list(tmp_path.rglob("*.partial"))
+    with pytest.raises(PermissionError):
+        files.delete_dir_contents("/", accept_root_dir=True)
