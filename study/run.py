@@ -158,6 +158,14 @@ def check_study_folder(args, spec, results_dir: Path, experiment: str) -> None:
         fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
     if not args.resume and (results_dir / "trials.csv").exists():
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
+    if args.resume and exists:
+        from study.storage import TUNER_STATE, damaged_state_files
+
+        damaged = [name for name in damaged_state_files(experiment) if name != TUNER_STATE]  # tuner.pkl is rebuilt
+        if damaged:
+            fail(f"--resume: Tune's {', '.join(damaged)} in {experiment} is cut short (a driver was killed while "
+                 f"Tune wrote it), so Tune cannot continue this study; its measured epochs stay in "
+                 f"{results_dir / 'epochs.csv'}; run it again with --name NEW")
 
 
 RESUME_FLAGS = ("storage", "storage_path", "reuse_actors")  # flags that change what a study is (beyond the spec)
@@ -459,6 +467,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
         probe_cluster(args.address)
 
     from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
+    from study.storage import TUNER_STATE, damaged_state_files
     from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
     extra_env = check_download(spec)
@@ -484,6 +493,11 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
 
         trackers = (MlflowTracker(args.mlflow, spec.name),)
     if args.resume:
+        if TUNER_STATE in damaged_state_files(experiment):
+            # It holds the Tuner as first built; check_same_study made sure the study file and flags still are.
+            print(f"note: Tune's {TUNER_STATE} was cut short by a killed driver; rebuilt from the study file",
+                  flush=True)
+            build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, (), args.keep_checkpoints)
         tuner = restore_tuner(spec, experiment, results_dir, trackers)
     else:
         tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers,

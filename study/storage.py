@@ -1,12 +1,17 @@
 """Tune's storage folder on a local disk, written so that a killed driver never leaves a torn file behind."""
 
+import json
 import os
+import pickletools
+import re
 import uuid
 from pathlib import Path
 
 import pyarrow.fs
 
 PARTIAL_SUFFIX = ".partial"  # a file still being written; never read, removed when a study resumes
+TUNER_STATE = "tuner.pkl"  # Tune's Tuner as built; the same study file and flags build it again
+SESSION_STAMP = re.compile(r"-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")  # Tune names each driver session's state files
 
 
 class _PublishOnClose:
@@ -129,3 +134,32 @@ def remove_partial_files(folder: str) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def damaged_state_files(experiment: str) -> list[str]:
+    """Names of the state files Tune's resume would read in `experiment` (the newest of each kind) that are cut
+    short or empty: what a driver killed mid-write left before this module wrote them atomically."""
+    if "://" in experiment:
+        return []
+    newest = {}
+    for path in Path(experiment).glob("*"):
+        if path.suffix in (".json", ".pkl") and path.is_file():
+            kind = SESSION_STAMP.sub("", path.name)
+            if kind not in newest or path.name > newest[kind].name:
+                newest[kind] = path
+    return sorted(path.name for path in newest.values() if not _whole(path))
+
+
+def _whole(path: Path) -> bool:
+    """A pickle whose opcodes run to STOP (read, not run), or a JSON text that parses. Tune writes pickles under
+    both suffixes (basic-variant-state-*.json is one); protocol 2 and later pickles start with 0x80."""
+    try:
+        data = path.read_bytes()
+        if data[:1] == b"\x80":
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+        return bool(data)
+    except (OSError, ValueError):  # JSONDecodeError, "pickle exhausted before seeing STOP"
+        return False

@@ -118,3 +118,26 @@ def test_the_atomic_file_system_writes_copies_and_travels_to_workers(tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
     with pytest.raises(PermissionError):
         files.delete_dir_contents("/", accept_root_dir=True)
+
+
+def test_damaged_state_files_names_the_newest_state_files_cut_short(tmp_path):
+    """Tune reads the newest file of each kind; a pickle (under .pkl or .json) or a JSON text cut short is named."""
+    import json
+    import pickle
+
+    from study.storage import damaged_state_files
+
+    state = pickle.dumps({"trials": list(range(100))})
+    text = json.dumps({"trial_data": [[{"id": n}, {}] for n in range(50)]})
+    files = {"tuner.pkl": state, "basic-variant-state-2026-01-01_00-00-00.json": state,
+             "experiment_state-2026-01-01_00-00-00.json": text[:-1].encode(),  # older session: Tune skips it
+             "experiment_state-2026-01-02_00-00-00.json": text.encode(), ".validate_storage_marker": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert damaged_state_files(str(tmp_path)) == []
+    (tmp_path / "tuner.pkl").write_bytes(state[:-1])
+    (tmp_path / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(b"")
+    (tmp_path / "experiment_state-2026-01-03_00-00-00.json").write_bytes(text[:len(text) // 2].encode())
+    assert damaged_state_files(str(tmp_path)) == ["basic-variant-state-2026-01-01_00-00-00.json",
+                                                  "experiment_state-2026-01-03_00-00-00.json", "tuner.pkl"]
+    assert damaged_state_files("s3://bucket/study") == []

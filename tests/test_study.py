@@ -153,7 +153,8 @@ def _printed_epochs(path):
 
 def test_interrupt_and_kill_then_resume(tmp_path, study_cli, write_space):
     """Ctrl-C, then SIGKILL of driver and Ray, then --resume: nothing pruned under FIFO, every printed epoch kept
-    exactly once, no new trial ids, running trials continued from their checkpoints, no orphan trial folders."""
+    exactly once, no new trial ids, running trials continued from their checkpoints, no orphan trial folders; a
+    state file cut short is refused by name, or rebuilt where it can be (tuner.pkl)."""
     space = write_space(tmp_path, "resumable", """
         name: resumable
         base: model_4
@@ -203,8 +204,22 @@ def test_interrupt_and_kill_then_resume(tmp_path, study_cli, write_space):
     before_kill = pd.read_csv(folder / "epochs.csv")
     ids_before = set(before_kill["trial_id"])  # every trial that had measured something
 
+    # What a kill mid-write left before Tune's folder was written atomically: a state file cut short. An
+    # experiment state cannot be rebuilt (refused, named); tuner.pkl can (the study file and flags are checked).
+    experiment = folder / "tune" / "resumable"
+    newest = max(experiment.glob("experiment_state-*.json"))
+    cut = experiment / "experiment_state-2999-01-01_00-00-00.json"
+    cut.write_bytes(newest.read_bytes()[:-1])
+    refused = study_cli("--space", space, "--resume", results=tmp_path, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"Tune's {cut.name} in {experiment} is cut short" in refused.stderr
+    cut.unlink()
+    (experiment / "tuner.pkl").write_bytes(b"")  # the file CI once found empty: resume died with EOFError
+
     result = study_cli("--space", space, "--resume", results=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "note: Tune's tuner.pkl was cut short by a killed driver; rebuilt" in result.stdout
+    assert not list(experiment.rglob("*.partial"))  # what the kill caught mid-write is gone
     trials = pd.read_csv(folder / "trials.csv")
     epochs = pd.read_csv(folder / "epochs.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status"]]
