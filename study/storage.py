@@ -47,7 +47,7 @@ class _PublishOnClose:
             os.replace(self.partial, self.path)
 
     def __del__(self):
-        if not self.file.closed:  # never published: its writer gave up
+        if hasattr(self, "file") and not self.file.closed:  # never published: its writer gave up
             self.file.close()
             Path(self.partial).unlink(missing_ok=True)
 
@@ -131,8 +131,9 @@ def remove_partial_files(folder: str) -> int:
         return 0
     removed = 0
     for path in Path(folder).rglob(f".*{PARTIAL_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
