@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 # A child copies a 2 MB file over an old one with pyarrow.fs.copy_files (what Tune's sync does), through a source
 # that hands over the first half and then blocks, so the parent can SIGKILL it mid-copy every time.
