@@ -149,23 +149,25 @@ def check_address(address: str) -> None:
              "start one with `ray start --head` or fix the address")
 
 
-def check_study_folder(args, spec, results_dir: Path, experiment: str) -> None:
-    """A new study must not overwrite one; --resume needs one, made from the same study name."""
-    exists = "://" in experiment or (Path(experiment) / "tuner.pkl").exists()
+def check_study_folder(args, spec, results_dir: Path, experiment: str) -> bool:
+    """A new study must not overwrite one; --resume needs one, made from the same study name, whose Tune state a
+    kill did not cut short. Returns whether Tune's tuner.pkl was cut short (the one state file rebuilt)."""
+    from study.storage import TUNER_STATE, damaged_state_files
+
+    exists = "://" in experiment or (Path(experiment) / TUNER_STATE).exists()
     if args.resume and "://" not in experiment and not exists:
         fail(f"--resume: no study to continue at {experiment}; run without --resume first")
     if not args.resume and "://" not in experiment and exists:
         fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
     if not args.resume and (results_dir / "trials.csv").exists():
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
-    if args.resume and exists:
-        from study.storage import TUNER_STATE, damaged_state_files
-
-        damaged = [name for name in damaged_state_files(experiment) if name != TUNER_STATE]  # tuner.pkl is rebuilt
-        if damaged:
-            fail(f"--resume: Tune's {', '.join(damaged)} in {experiment} is cut short (a driver was killed while "
-                 f"Tune wrote it), so Tune cannot continue this study; its measured epochs stay in "
-                 f"{results_dir / 'epochs.csv'}; run it again with --name NEW")
+    damaged = damaged_state_files(experiment) if args.resume else []
+    refused = [name for name in damaged if name != TUNER_STATE]
+    if refused:
+        fail(f"--resume: Tune's {', '.join(refused)} in {experiment} is cut short (a driver was killed while "
+             f"Tune wrote it), so Tune cannot continue this study; its measured epochs stay in "
+             f"{results_dir / 'epochs.csv'}; run it again with --name NEW")
+    return TUNER_STATE in damaged
 
 
 RESUME_FLAGS = ("storage", "storage_path", "reuse_actors")  # flags that change what a study is (beyond the spec)
@@ -452,22 +454,23 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
     except OSError as error:
         fail(f"cannot lock {results_dir} ({error.strerror or error})")
     try:
-        check_study_folder(args, spec, results_dir, experiment)
+        rebuild_tuner_state = check_study_folder(args, spec, results_dir, experiment)
         if args.resume:
             check_same_study(spec, args, results_dir)
         check_data(spec)
-        return run_study(args, spec, results_dir, storage_path, experiment)
+        return run_study(args, spec, results_dir, storage_path, experiment, rebuild_tuner_state)
     finally:
         lock.release()
 
 
-def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str) -> int:
+def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
+              rebuild_tuner_state: bool = False) -> int:
     set_ray_environment(args.address, args.verbose)
     if args.address:
         probe_cluster(args.address)
 
     from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
-    from study.storage import TUNER_STATE, damaged_state_files
+    from study.storage import TUNER_STATE
     from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
     extra_env = check_download(spec)
@@ -493,7 +496,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str)
 
         trackers = (MlflowTracker(args.mlflow, spec.name),)
     if args.resume:
-        if TUNER_STATE in damaged_state_files(experiment):
+        if rebuild_tuner_state:
             # It holds the Tuner as first built; check_same_study made sure the study file and flags still are.
             print(f"note: Tune's {TUNER_STATE} was cut short by a killed driver; rebuilt from the study file",
                   flush=True)
