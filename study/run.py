@@ -106,6 +106,8 @@ def prepare(args):
             fail(f"--storage {args.storage}: cannot open the database ({str(error).splitlines()[0][:160]})")
     if args.address:
         check_address(args.address)
+    else:
+        check_local_resources(spec)
     if args.mlflow:
         from study.tracking import check_mlflow
 
@@ -134,6 +136,31 @@ def writable_folder(folder: Path, flag: str) -> Path:
     except OSError as error:
         fail(f"{flag} {folder} cannot hold results ({error.strerror or error})")
     return folder
+
+
+def local_gpus() -> int:
+    """GPUs this machine offers without starting Ray: NVIDIA's, as `nvidia-smi -L` lists them (0 without it),
+    limited by CUDA_VISIBLE_DEVICES as Ray limits itself."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "NoDevFiles"):
+        return 0
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    count = sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
+    return min(count, len(visible.split(","))) if visible is not None else count
+
+
+def check_local_resources(spec) -> None:
+    """A local study's trials must fit this machine: refused now, before Ray starts or a classifier trains (a trial
+    that can never be placed would wait forever)."""
+    for kind, wanted, have, flag in (("CPU", spec.cpu, os.cpu_count() or 1, "cpus"),
+                                     ("GPU", spec.gpu, local_gpus() if spec.gpu else 0, "gpus")):
+        if wanted > have:
+            fail(f"a trial asks for {wanted:g} {kind}s but this machine has {have:g}; lower --{flag}-per-trial "
+                 f"(or resources: {kind.lower()} in the study file), or join a cluster with --address")
 
 
 def check_address(address: str) -> None:
@@ -315,15 +342,17 @@ def check_download(spec) -> dict:
     return {OFFLINE_ENV: "1", FALLBACK_NOTED_ENV: "1"}
 
 
-PROBE = ("import sys, ray\n"
+PROBE = ("import json, sys, ray\n"
          "ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2] or None, logging_level='ERROR', "
-         "log_to_driver=False)\nray.shutdown()\n")
+         "log_to_driver=False)\nprint('RESOURCES ' + json.dumps(ray.cluster_resources()), flush=True)\n"
+         "ray.shutdown()\n")
 PROBE_TIMEOUT_S = 60
 AUTH_REFUSALS = ("InvalidAuthToken", "Unauthenticated", "no authentication token")  # in Ray's client output
 
 
-def probe_cluster(address: str) -> None:
-    """Join the cluster once from a child process, or exit 2 with the reason in one line.
+def probe_cluster(address: str, spec) -> None:
+    """Join the cluster once from a child process, or exit 2 with the reason in one line; a trial that asks for
+    more CPUs or GPUs than the whole cluster has is refused here, before any classifier or trial work.
 
     Ray's C++ client prints a warning for every failed retry (a missing token is a dozen lines over 20 s) and
     then raises a generic ConnectionError; the child's output names the real cause, and keeps the driver's
@@ -347,13 +376,19 @@ def probe_cluster(address: str) -> None:
         timer.cancel()
         child.stdout.close()
     if child.returncode == 0:
+        found = [line for line in output if line.startswith("RESOURCES ")]
+        resources = json.loads(found[-1].split(" ", 1)[1]) if found else {}
+        for kind, wanted in (("CPU", spec.cpu), ("GPU", spec.gpu)):
+            if wanted > resources.get(kind, 0):
+                fail(f"a trial asks for {wanted:g} {kind}s but the cluster at {address} has "
+                     f"{resources.get(kind, 0):g} in all; lower --{kind.lower()}s-per-trial or add nodes first")
         return
     if child.returncode < 0:  # killed by the timer
         fail(f"--address {address}: the Ray cluster did not accept a connection within {PROBE_TIMEOUT_S} s")
     fail(f"--address {address}: cannot join the Ray cluster ({error_cause(''.join(output), 'no reason given')})")
 
 
-def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False) -> None:
+def start_ray(address: str | None, extra_env: dict, verbose: bool = False) -> None:
     import ray
 
     quiet = logging.INFO if verbose else logging.ERROR  # Ray's "Started a local Ray instance", auth notices, ...
@@ -374,14 +409,6 @@ def start_ray(address: str | None, spec, extra_env: dict, verbose: bool = False)
     resources = ray.cluster_resources()
     print(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
           flush=True)
-    for kind, wanted in (("CPU", spec.cpu), ("GPU", spec.gpu)):
-        if wanted > resources.get(kind, 0):
-            message = (f"a trial asks for {wanted:g} {kind}s but the cluster has {resources.get(kind, 0):g}; "
-                       f"lower --{kind.lower()}s-per-trial")
-            if not address:  # a local instance will never grow: trials would wait forever
-                ray.shutdown()
-                fail(message)
-            print(f"warning: {message} (or add nodes: trials wait until one fits)", file=sys.stderr, flush=True)
 
 
 def report_disk(experiment: str, results_dir: Path, records) -> None:
@@ -444,6 +471,7 @@ def stop_like_ctrl_c(signum, frame) -> None:
 def main(argv=None, prog: str = "python study/run.py") -> int:
     args = parse_args(argv, prog)
     spec, results_dir, storage_path, experiment = prepare(args)
+    check_data(spec)  # input checks first; what depends on the study folder's state waits for its lock
     from study.lock import StudyLock, StudyLocked
     from study.results import LOCK_FILE
 
@@ -457,7 +485,6 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
         rebuild_tuner_state = check_study_folder(args, spec, results_dir, experiment)
         if args.resume:
             check_same_study(spec, args, results_dir)
-        check_data(spec)
         return run_study(args, spec, results_dir, storage_path, experiment, rebuild_tuner_state)
     finally:
         lock.release()
@@ -467,7 +494,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
               rebuild_tuner_state: bool = False) -> int:
     set_ray_environment(args.address, args.verbose)
     if args.address:
-        probe_cluster(args.address)
+        probe_cluster(args.address, spec)
 
     from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
     from study.storage import TUNER_STATE
@@ -482,7 +509,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    start_ray(args.address, spec, extra_env, args.verbose)
+    start_ray(args.address, extra_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
     if not args.verbose:

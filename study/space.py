@@ -243,10 +243,10 @@ def load_spec(space: str | Path) -> StudySpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: the file must be a mapping with keys {', '.join(TOP_KEYS)}")
     _check_keys(raw, TOP_KEYS, where)
+    _refuse_empty(raw, where)
     sections = {}
     for section, keys in SECTION_KEYS.items():
-        value = raw.get(section)
-        value = {} if value is None else value
+        value = raw.get(section, {})
         if not isinstance(value, dict):
             raise SpecError(f"{where}: '{section}' must be a mapping with keys {', '.join(keys)}")
         _check_keys(value, keys, f"{where}: {section}")
@@ -255,14 +255,12 @@ def load_spec(space: str | Path) -> StudySpec:
         raise SpecError(f"{where}: 'name' is required (a short folder-safe study name)")
     name = check_name(raw["name"], f"{where}: name")
     description = raw.get("description", "")
-    description = "" if description is None else description
     if not isinstance(description, str) or len(description) > MAX_TEXT:
         raise SpecError(f"{where}: description must be text of at most {MAX_TEXT} characters")
     base = raw.get("base", "model_4")
     if not isinstance(base, str) or base not in PRESETS:
         raise SpecError(f"{where}: base: unknown preset {base!r}; allowed: {', '.join(PRESETS)}")
-    fixed = raw.get("fixed")
-    fixed = {} if fixed is None else fixed
+    fixed = raw.get("fixed", {})
     if not isinstance(fixed, dict):
         raise SpecError(f"{where}: 'fixed' must be a mapping of TrialConfig fields to values")
     fields = set(TrialConfig.__dataclass_fields__)
@@ -274,8 +272,7 @@ def load_spec(space: str | Path) -> StudySpec:
     algorithm = search.get("algorithm", "optuna")
     if algorithm not in ALGORITHMS:
         raise SpecError(f"{where}: search: algorithm {algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS)}")
-    raw_parameters = raw.get("parameters")
-    raw_parameters = {} if raw_parameters is None else raw_parameters
+    raw_parameters = raw.get("parameters", {})
     if not isinstance(raw_parameters, dict):
         raise SpecError(f"{where}: 'parameters' must be a mapping of field names to "
                         "{distribution: ..., low: ..., high: ...} or {values: [...]}")
@@ -294,6 +291,24 @@ def load_spec(space: str | Path) -> StudySpec:
     spec = StudySpec(**values)
     _check_semantics(spec, where)
     return spec
+
+
+def _refuse_empty(mapping: dict, where: str, at: str = "") -> None:
+    """A key written with no value (`search:`, `num_samples:`) is YAML null, and `{}`/`[]` hold nothing: refused,
+    never read as "defaults".
+
+    An empty section silently ran a whole study on defaults (3 GB before it was stopped); leaving a key out is
+    how a study file asks for the default.
+    """
+    for key, value in mapping.items():
+        path = f"{at}.{key}" if at else str(key)
+        if value is None or (isinstance(value, (dict, list)) and not value):
+            raise SpecError(f"{where}: {path} is empty ({'null' if value is None else repr(value)}); give it a value "
+                            "or leave the key out for its default")
+        if isinstance(value, dict):
+            _refuse_empty(value, where, path)
+        elif isinstance(value, list) and any(item is None for item in value):
+            raise SpecError(f"{where}: {path} holds an empty (null) item; list values only")
 
 
 def _parse_objective(objective: dict, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -321,12 +321,6 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path, write_space):
     assert epochs["node_id"].nunique() >= 2  # trials ran on more than one node
 
 
-def test_more_cpus_per_trial_than_the_machine_has_is_an_error(tmp_path, study_cli):
-    result = study_cli("--space", "smoke.yaml", "--cpus-per-trial", "64", results=tmp_path, timeout=180)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "a trial asks for 64 CPUs but the cluster has" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_a_second_driver_on_the_same_study_is_refused(tmp_path, study_cli, write_space, tiny_fixed):
     space = write_space(tmp_path, "twice", f"""
         name: twice
