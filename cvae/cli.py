@@ -1,12 +1,16 @@
-"""Shared command-line behaviour: a bad flag is one line on stderr and exit code 2, never a usage dump."""
+"""Shared command-line behaviour: a bad flag is one line on stderr and exit code 2, never a usage dump; a closed pipe
+is a quiet exit; --verbose."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from cvae.runtime import VERBOSE_ENV
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; every CLI uses it for every refused input
 
@@ -63,26 +67,32 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-VERBOSE_ENV = "CVAE_VERBOSE"  # "1": show TensorFlow's and Ray's own start-up and bookkeeping lines
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """--verbose: show the libraries' own start-up lines and warnings (sets CVAE_VERBOSE=1 for this process)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's and the other libraries' own start-up lines and warnings")
 
 
-@contextlib.contextmanager
-def native_stderr_to(path: str | os.PathLike):
-    """Send the process's file descriptor 2 to `path` for a while (unless CVAE_VERBOSE=1).
+def apply_verbose(args: argparse.Namespace) -> None:
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
 
-    TensorFlow's C++ start-up lines (oneDNN, CUDA probing, absl) are written there before any log level
-    applies, so no environment variable silences them; they are kept in the file instead of the console.
-    """
-    if os.environ.get(VERBOSE_ENV) == "1":
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
+
+EXIT_CLOSED_PIPE = 141  # the shell's code for a writer whose reader went away (128 + SIGPIPE), as `yes | head` gives
+
+
+def run_command(main: Callable[[], int]) -> int:
+    """main()'s exit code, except that a closed pipe (`cvae-study best ... | head`) ends the command quietly, the way
+    Unix tools end, instead of with a BrokenPipeError traceback."""
     try:
-        with open(path, "ab") as target:
-            os.dup2(target.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        code = EXIT_CLOSED_PIPE
+    return code
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """sys.exit(run_command(main)): every command's `if __name__ == "__main__"`."""
+    sys.exit(run_command(main))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.cli import ArgumentParser, fail
+from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.data import NUM_CLASSES
+from cvae.runtime import import_tensorflow_quietly
 from cvae.drawing import (SampleError, check_request, draw_grid, label_grid, load_generator, read_digit_image,
                           redraw_in_style, save_png, tile)
 
@@ -33,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="latent seed; the same seed gives the same latents")
     parser.add_argument("--style", metavar="IMAGE", help="redraw all digits in the handwriting of this image")
     parser.add_argument("--scale", type=int, default=2, help=f"pixel magnification in the PNG, 1-{MAX_SCALE} (default 2)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    apply_verbose(args)
     try:
         if not 1 <= args.samples <= MAX_SAMPLES:
             raise SampleError(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         style = read_digit_image(args.style) if args.style else None
+        import_tensorflow_quietly()
         encoder, decoder, config, stats = load_generator(args.checkpoint)
         if style is None:
             images = draw_grid(decoder, args.digits, args.thickness, args.seed, args.samples)
@@ -85,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from cvae.cli import DATA_FLAGS, ArgumentParser, add_config_flags, config_overrides
+from cvae.cli import (DATA_FLAGS, ArgumentParser, add_config_flags, add_verbose_flag, apply_verbose, config_overrides,
+                      exit_with)
 from cvae.config import PRESETS, TrialConfig, preset
 from cvae.metrics import CHECKPOINT_KEY, STATUS_COMPLETED
 from cvae.checkpoint import latest_checkpoint, read_checkpoint_config, restore_checkpoint
@@ -198,7 +199,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    apply_verbose(args)
 
     changes = {**dict(args.overrides), **config_overrides(args, TRAIN_FLAGS)}
     try:
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
 
     print(f"training {args.preset} on {config.dataset}; resuming from {resume_from}" if resume_from
           else f"training {args.preset} on {config.dataset}", flush=True)
+    from cvae.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     try:
         result = train(config, report=write_row, checkpoint=resume_from, checkpoint_dir=out / "checkpoints",
                        verbose=0 if args.quiet else 1)
@@ -238,4 +244,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

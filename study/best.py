@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cvae.cli import ArgumentParser, fail
+from cvae.cli import ArgumentParser, exit_with, fail
 from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, resolve_path,
                            trial_params)
 
@@ -34,4 +34,4 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from cvae.cli import EXIT_BAD_INPUT
+from cvae.cli import EXIT_BAD_INPUT, exit_with, run_command
 
 # subcommand -> (module whose main(argv, prog) runs it, what it does)
 COMMANDS = {
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cvae-study: error: {given}; allowed: {', '.join(COMMANDS)} (see --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:], prog=f"cvae-study {argv[0]}")
+    return run_command(lambda: module.main(argv[1:], prog=f"cvae-study {argv[0]}"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.cli import ArgumentParser, fail
+from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.metrics import TEST_PREFIX
 from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
                            incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
@@ -80,7 +80,10 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
         best_folder = None
     if not todo and best_folder is None:
         return details, grids
-    from cvae.diagnostics import describe_checkpoint  # TensorFlow: only when there is something to draw
+    from cvae.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow: only when there is something to draw
+    from cvae.diagnostics import describe_checkpoint
 
     rows = []
     for number, (trial_id, checkpoint) in enumerate(todo, 1):
@@ -353,7 +356,9 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
     parser.add_argument("--no-details", action="store_true",
                         help="use only the tables (no TensorFlow; no sweeps or sample grids unless already saved)")
     parser.add_argument("--dpi", type=int, default=90, help="figure resolution (default 90)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    apply_verbose(args)
     if not 20 <= args.dpi <= 600:
         fail(f"--dpi must be in [20, 600], got {args.dpi}")
     folder = Path(args.results)
@@ -384,4 +389,4 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -299,7 +299,17 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         raise ValueError(f"{folder}: a table is malformed ({str(error).splitlines()[0][:120]}); "
                          "it may have been cut short or edited") from None
     check_tables(trials, epochs, folder)
-    return trials, epochs, spec
+    return with_derived_metrics(trials), with_derived_metrics(epochs), spec
+
+
+def with_derived_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tables made before grey_gap was measured get it from what they hold: |grey_fraction - real_grey_fraction| is
+    exactly what a trial now reports for its validation images (their test value was not recorded: left out)."""
+    real = REAL_PREFIX + "grey_fraction"
+    if "grey_gap" not in frame and {"grey_fraction", real} <= set(frame):
+        frame = frame.copy()
+        frame["grey_gap"] = (frame["grey_fraction"].astype(float) - frame[real].astype(float)).abs()
+    return frame
 
 
 def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> None:

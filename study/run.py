@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -18,9 +19,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 
-from cvae.cli import DATA_FLAGS, VERBOSE_ENV, ArgumentParser, add_config_flags, config_overrides, error_cause, fail
+from cvae.cli import DATA_FLAGS, ArgumentParser, add_config_flags, config_overrides, error_cause, exit_with, fail
+from cvae.runtime import VERBOSE_ENV
 from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES, MNIST
-from study.space import MAX_CONCURRENT, MAX_TRIALS, SpecError, check_name, load_spec  # light: no Ray, no TF
+from study.space import (MAX_CONCURRENT, MAX_REPEATS, MAX_SEED, MAX_TRIALS, SpecError, StudySpec, check_name,  # light
+                         load_spec)
 
 # Uploaded to cluster nodes with the code: everything but outputs and history.
 RUNTIME_EXCLUDES = [".git", "results", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -43,6 +46,10 @@ def parse_args(argv, prog: str = "python study/run.py"):
     parser.add_argument("--max-epochs", type=int, help="cap every trial's epochs (and ASHA's max_t)")
     add_config_flags(parser.add_argument_group("override the study file's fixed: settings"), DATA_FLAGS)
     parser.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
+    parser.add_argument("--repeats", type=int, help="a grid study's seeds per point (overrides search.repeats)")
+    parser.add_argument("--first-seed", type=int, help="a grid study's first seed (overrides search.first_seed): "
+                        "more seeds for an earlier study are a new study, e.g. --first-seed 3 --repeats 7 --name "
+                        "NAME_more, which study/report.py pools with it (--pool)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.5)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
@@ -68,7 +75,9 @@ def parse_args(argv, prog: str = "python study/run.py"):
 
 
 MAX_FLAG = {"num_samples": MAX_TRIALS, "max_epochs": MAX_EPOCHS, "max_concurrent": MAX_CONCURRENT,
-            "max_train_samples": MAX_TRAIN_SAMPLES, "keep_checkpoints": MAX_EPOCHS}
+            "max_train_samples": MAX_TRAIN_SAMPLES, "keep_checkpoints": MAX_EPOCHS, "repeats": MAX_REPEATS,
+            "first_seed": MAX_SEED}
+ZERO_ALLOWED = ("max_train_samples", "first_seed")  # flags whose lowest value is 0 (the others start at 1)
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
 
@@ -78,7 +87,7 @@ def prepare(args):
     try:
         spec = load_spec(args.space)
         for flag, high in MAX_FLAG.items():
-            value, low = getattr(args, flag), 0 if flag == "max_train_samples" else 1
+            value, low = getattr(args, flag), 0 if flag in ZERO_ALLOWED else 1
             if value is not None and not low <= value <= high:
                 raise SpecError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
         if args.name is not None:
@@ -89,7 +98,8 @@ def prepare(args):
             fixed["data_path"] = str(Path(data_path).expanduser().resolve())
         spec = spec.with_overrides(
             name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs,
-            max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial, gpu=args.gpus_per_trial, **fixed)
+            max_concurrent=args.max_concurrent, repeats=args.repeats, first_seed=args.first_seed,
+            cpu=args.cpus_per_trial, gpu=args.gpus_per_trial, **fixed)
     except SpecError as error:
         fail(str(error))
     if spec.sampler == "gp" and spec.algorithm == "optuna" and importlib.util.find_spec("torch") is None:
@@ -219,8 +229,9 @@ def check_same_study(spec, args, results_dir: Path) -> None:
         fail(f"--resume: {results_dir / SPEC_FILE} is missing or damaged; it records the study that started")
     now = {**json.loads(json.dumps(spec.to_dict(), default=list)), FLAGS_KEY: run_flags(args)}
     stored_flags, now_flags = stored.get(FLAGS_KEY) or {}, now.pop(FLAGS_KEY)
-    changed = [f"{key} was {stored.get(key)!r}, now {now.get(key)!r}" for key in sorted(now)
-               if key != "path" and stored.get(key) != now.get(key)]
+    defaults = {field.name: field.default for field in dataclasses.fields(StudySpec)}  # keys newer than the study
+    changed = [f"{key} was {stored.get(key, defaults.get(key))!r}, now {now.get(key)!r}" for key in sorted(now)
+               if key != "path" and stored.get(key, defaults.get(key)) != now.get(key)]
     changed += [f"--{flag.replace('_', '-')} was {stored_flags.get(flag)!r}, now {now_flags[flag]!r}"
                 for flag in RESUME_FLAGS if FLAGS_KEY in stored and stored_flags.get(flag) != now_flags[flag]]
     if changed:
@@ -554,4 +565,4 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

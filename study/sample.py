@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cvae.cli import ArgumentParser, fail
+from cvae.cli import ArgumentParser, exit_with, fail
 from study.results import best_trial, incomplete_note, load_results, resolve_path
 
 
@@ -42,4 +42,4 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -28,7 +28,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 SCHEDULERS = ("asha", "fifo")
 SECTION_KEYS = {
     "objective": ("metric", "mode"),
-    "search": ("algorithm", "sampler", "seed", "num_samples", "max_concurrent", "repeats"),
+    "search": ("algorithm", "sampler", "seed", "num_samples", "max_concurrent", "repeats", "first_seed"),
     "scheduler": ("type", "max_epochs", "grace_period", "reduction_factor"),
     "resources": ("cpu", "gpu"),
 }
@@ -37,6 +37,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name o
 MAX_FILE_BYTES = 256 * 1024  # a study file is a screenful; anything larger is not one
 MAX_TRIALS = 10_000  # num_samples, and grid points x repeats
 MAX_REPEATS = 1_000
+MAX_SEED = 2**31 - 1
 MAX_CONCURRENT = 1_024
 MAX_VALUES = 1_000  # categorical values of one parameter
 MAX_TEXT = 2_000  # characters of the description
@@ -134,6 +135,7 @@ class StudySpec:
     num_samples: int = 8
     max_concurrent: int = 2
     repeats: int = 1
+    first_seed: int = 0  # a grid's seeds are first_seed..first_seed+repeats-1: more seeds later are a new study
     scheduler: str = "fifo"
     max_epochs: int | None = None
     grace_period: int = 1
@@ -166,10 +168,11 @@ class StudySpec:
         return spec
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every grid point (for algorithm: grid), each repeated with seeds 0..repeats-1."""
+        """Every grid point (for algorithm: grid), each repeated with seeds first_seed..first_seed+repeats-1."""
         names = [p.name for p in self.parameters]
         points = itertools.product(*[p.values for p in self.parameters])
-        return [{**dict(zip(names, point)), "seed": seed} for point in points for seed in range(self.repeats)]
+        seeds = range(self.first_seed, self.first_seed + self.repeats)
+        return [{**dict(zip(names, point)), "seed": seed} for point in points for seed in seeds]
 
     def base_point(self) -> dict[str, Any] | None:
         """The base preset's value of every searched parameter (Optuna evaluates it first), if inside the space."""
@@ -283,6 +286,7 @@ def load_spec(space: str | Path) -> StudySpec:
         parameters=parameters, metrics=metrics, modes=modes, algorithm=algorithm,
         sampler=search.get("sampler", "tpe"), seed=search.get("seed", 0), num_samples=search.get("num_samples", 8),
         max_concurrent=search.get("max_concurrent", 2), repeats=search.get("repeats", 1),
+        first_seed=search.get("first_seed", 0),
         scheduler=scheduler.get("type", "fifo"), max_epochs=scheduler.get("max_epochs"),
         grace_period=scheduler.get("grace_period", 1), reduction_factor=scheduler.get("reduction_factor", 3),
         cpu=resources.get("cpu", 1), gpu=resources.get("gpu", 0),
@@ -436,7 +440,8 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
     need(spec.sampler in SAMPLERS, f"search: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     need(spec.scheduler in SCHEDULERS, f"scheduler: type {spec.scheduler!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
     limits = {"seed": (0, 2**32 - 1), "num_samples": (1, MAX_TRIALS), "max_concurrent": (1, MAX_CONCURRENT),
-              "repeats": (1, MAX_REPEATS), "grace_period": (1, MAX_EPOCHS), "reduction_factor": (2, 100)}
+              "repeats": (1, MAX_REPEATS), "first_seed": (0, MAX_SEED), "grace_period": (1, MAX_EPOCHS),
+              "reduction_factor": (2, 100)}
     for key, (low, high) in limits.items():
         value = getattr(spec, key)
         need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,

@@ -12,7 +12,7 @@ import time
 import ray
 from ray import tune
 
-from cvae.cli import VERBOSE_ENV, native_stderr_to
+from cvae.runtime import VERBOSE_ENV, native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
 from study.results import ERROR_KEY, STATUS_ERROR

@@ -1,0 +1,54 @@
+"""Process set-up shared by the commands and the Ray trainable: TensorFlow's start-up lines kept off the console."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+from cvae.data import cache_dir
+
+VERBOSE_ENV = "CVAE_VERBOSE"  # "1": show TensorFlow's and Ray's own start-up and bookkeeping lines
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike):
+    """Send the process's file descriptor 2 to `path` for a while (unless CVAE_VERBOSE=1).
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing, absl) are written there before any log level
+    applies, so no environment variable silences them; they are kept in the file instead of the console.
+    """
+    if os.environ.get(VERBOSE_ENV) == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as target:
+            os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+TENSORFLOW_STARTUP_LOG = "tensorflow_startup.log"  # a command's TensorFlow start-up lines, in the cache folder
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and let it probe its devices with its start-up lines sent to the cache folder's
+    tensorflow_startup.log (on the console with CVAE_VERBOSE=1): oneDNN, CUDA and absl notices, and `failed call to
+    cuInit` on a machine without a GPU, are written before any log level applies and mean nothing to a user."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_to(folder / TENSORFLOW_STARTUP_LOG):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA is probed here, not at import
+    if os.environ.get(VERBOSE_ENV) != "1":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
