@@ -101,6 +101,31 @@ def label_grid(picture: np.ndarray, row_labels, column_labels, gap: int = 2, sca
     return np.asarray(canvas)
 
 
+def add_title(picture: np.ndarray, title: str, gap: int = 2) -> np.ndarray:
+    """`picture` with `title` above it, wrapped to the picture's width, so a PNG says what drew it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = max(picture.shape[1] - 2 * gap, 1)
+    lines, line = [], ""
+    for word in title.split():
+        candidate = f"{line} {word}".strip()
+        if line and measure.textbbox((0, 0), candidate, font=font)[2] > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    lines.append(line)
+    height = measure.textbbox((0, 0), "Ag", font=font)[3] + gap
+    canvas = Image.new("L", (picture.shape[1], picture.shape[0] + len(lines) * height + 2 * gap), LABEL_GREY)
+    draw = ImageDraw.Draw(canvas)
+    for index, text in enumerate(lines):
+        draw.text((gap, gap + index * height), text, fill=TEXT_WHITE, font=font)
+    canvas.paste(Image.fromarray(picture), (0, len(lines) * height + 2 * gap))
+    return np.asarray(canvas)
+
+
 def save_png(picture: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,11 @@ import numpy as np
 from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.data import NUM_CLASSES
 from cvae.runtime import import_tensorflow_quietly
-from cvae.drawing import (SampleError, check_request, draw_grid, label_grid, load_generator, read_digit_image,
-                          redraw_in_style, save_png, tile)
+from cvae.drawing import (SampleError, add_title, check_request, draw_grid, label_grid, load_generator,
+                          read_digit_image, redraw_in_style, save_png, tile)
 
 MAX_SAMPLES, MAX_SCALE, MAX_THICKNESS_VALUES = 100, 16, 41  # a grid of at most 1,000 rows x 41 columns of 28 px x 16
+MAX_TITLE = 300
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="latent seed; the same seed gives the same latents")
     parser.add_argument("--style", metavar="IMAGE", help="redraw all digits in the handwriting of this image")
     parser.add_argument("--scale", type=int, default=2, help=f"pixel magnification in the PNG, 1-{MAX_SCALE} (default 2)")
+    parser.add_argument("--title", help="text above the picture (default: the checkpoint's folder and epoch)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     apply_verbose(args)
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise SampleError(f"--seed must be in [0, 2**32), got {args.seed}")
         if len(args.thickness) > MAX_THICKNESS_VALUES or len(args.digits) > 10 * MAX_SAMPLES:
             raise SampleError(f"at most {MAX_THICKNESS_VALUES} --thickness values and {10 * MAX_SAMPLES} --digits")
+        if args.title is not None and len(args.title) > MAX_TITLE:
+            raise SampleError(f"--title must be at most {MAX_TITLE} characters, got {len(args.title)}")
         if Path(args.out).suffix.lower() != ".png":
             raise SampleError(f"--out {args.out!r} must name a .png file")
         if Path(args.out).is_dir():
@@ -54,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except SampleError as error:
         fail(str(error))
     return args
+
+
+def title_for(args: argparse.Namespace) -> str:
+    """--title, or which checkpoint drew the picture (its folder's last two parts: trial and epoch)."""
+    if args.title:
+        return args.title
+    parts = Path(args.checkpoint).resolve().parts
+    return "from " + "/".join(parts[-2:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [str(d) if args.samples == 1 else f"{d}.{i + 1}" for d in args.digits for i in range(args.samples)]
             columns = [f"t={t:g}" for t in args.thickness]
             picture = label_grid(tile(images, scale=args.scale), rows, columns, scale=args.scale)
-            path = save_png(picture, args.out)
+            path = save_png(add_title(picture, title_for(args)), args.out)
             print(f"wrote {path}: {images.shape[0]} rows (digits {args.digits}) x thickness {args.thickness}")
         else:
             from cvae.classifier import classifier_for
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             row = np.concatenate([style[None], redrawn])[None]
             columns = ["yours", *map(str, range(NUM_CLASSES))]
             picture = label_grid(tile(row, scale=args.scale), [f"as {digit}"], columns, scale=args.scale)
-            path = save_png(picture, args.out)
+            path = save_png(add_title(picture, title_for(args)), args.out)
             print(f"wrote {path}: your image (read as a {digit}) then digits 0-9 in its style")
     except SampleError as error:
         fail(str(error))

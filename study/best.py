@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 from cvae.cli import ArgumentParser, exit_with, fail
-from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, resolve_path,
-                           trial_params)
+from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, provisional_note,
+                           resolve_path, trial_params)
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:
@@ -23,12 +22,15 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
         fail(str(error))
     print(f"study {spec['name']}: {len(trials)} trial(s); objective "
           + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
+    provisional = provisional_note(best)
+    if provisional:
+        print(provisional)
     print(f"best trial: {best['trial_id']} (status {best['status']}, {best['epochs_run']:.0f} epoch(s))")
     for name, value in trial_params(best).items():
         print(f"  {name} = {value}")
-    print(f"  {'metric':<20} {'validation':>12} {'test':>12}")
+    print(f"  {'metric':<20} {'validation':>12}" + ("" if provisional else f" {'test':>12}"))
     for name, validation, test in metric_pairs(best):
-        print(f"  {name:<20} {validation:>12.5g} {test:>12.5g}")
+        print(f"  {name:<20} {validation:>12.5g}" + ("" if provisional else f" {test:>12.5g}"))
     print(f"checkpoint: {resolve_path(args.results, best['checkpoint'])}")
     return 0
 

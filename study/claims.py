@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cvae.data import class_name
 from cvae.metrics import METRICS
-from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split, param_column, real_level,
-                           split_label, with_models)
+from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split,
+                           param_column, real_level, split_label, with_models)
+from study.statistics import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
+                              WelchDifference, holm)
 
 CLAIMS = {
     "a": "the thickness condition is respected",
@@ -21,16 +23,19 @@ CLAIMS = {
     "d": "more epochs reduce awkward images",
     "e": "grey loss from epoch 1 can collapse to black",
 }
-SIGNIFICANCE = 0.05  # Welch's t-test over seeds / trials; with 3 seeds only large effects pass
 RESPECTED_CORRELATION = 0.8  # Spearman requested vs measured thickness that counts as "respected"
 COLLAPSED = 0.5  # collapse_rate at or above which a trial counts as collapsed to black
 TOO_FEW = "too few seeds"  # a comparison with fewer than 2 values on a side cannot be tested
+UNDECIDED = "undecided"  # no significant difference, and too little power to say there is none
+# Below these a verdict is "too little evidence", whatever the numbers say (a 4-trial x 2-epoch study decides
+# nothing): seeds per model for a grid, finished trials and epochs for a search.
+MIN_SEEDS, MIN_TRIALS, MIN_EPOCHS = 3, 8, 3
 
 
 @dataclass(frozen=True)
 class Verdict:
     claim: str  # "a".."e"
-    verdict: str  # supported | partly supported | not supported | contradicted | not tested
+    verdict: str  # supported | partly supported | undecided | not supported | contradicted | not tested | too little evidence
     evidence: str
 
     def line(self) -> str:
@@ -38,56 +43,93 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """`candidate` vs `reference` on one metric: means, Welch p-value, and whether the candidate is better."""
+class Finding:
+    """One test behind a verdict: an effect with its interval and p-value, which sign supports the claim, and the
+    Holm-adjusted p-value across the study's whole family of tests (set by `decided`)."""
 
-    metric: str
-    candidate: np.ndarray
-    reference: np.ndarray
-
-    @property
-    def difference(self) -> float:
-        return float(np.mean(self.candidate) - np.mean(self.reference))
+    what: str  # how the effect reads, e.g. "class_parity model_2 (per_class) 0.21 vs model_1 (global) 0.25"
+    effect: Effect
+    supports: int  # +1: a positive effect supports the claim; -1: a negative one does
+    p_adjusted: float = math.nan
+    family: int = 1  # tests in the family: the samples needed are counted at ALPHA / family (Bonferroni, >= Holm)
 
     @property
     def p_value(self) -> float:
-        if len(self.candidate) < 2 or len(self.reference) < 2:
-            return math.nan
-        if np.ptp(np.concatenate([self.candidate, self.reference])) == 0:
-            return 1.0
-        return float(stats.ttest_ind(self.candidate, self.reference, equal_var=False).pvalue)
+        return self.effect.p_value
 
     def outcome(self) -> str:
-        """better | worse (significant either way) | no clear difference | too few seeds"""
-        if math.isnan(self.p_value):
+        """better | worse (significant after Holm) | undecided (not significant, power < 80 %) |
+        no clear difference (not significant at >= 80 % power) | too few seeds"""
+        if not self.effect.testable:
             return TOO_FEW
-        if self.p_value >= SIGNIFICANCE:
-            return "no clear difference"
-        lower_is_better = METRICS[self.metric].mode == "min" if self.metric in METRICS else True
-        return "better" if (self.difference < 0) == lower_is_better else "worse"
+        p = self.p_adjusted if math.isfinite(self.p_adjusted) else self.p_value
+        if p < ALPHA:
+            return "better" if self.effect.effect * self.supports > 0 else "worse"
+        return UNDECIDED if not self.effect.power() >= TARGET_POWER else "no clear difference"
 
-    def text(self, candidate: str, reference: str) -> str:
-        return (f"{self.metric} {candidate} {np.mean(self.candidate):.4g} vs {reference} {np.mean(self.reference):.4g} "
-                f"(Δ {self.difference:+.3g}, p={self.p_value:.2g}, n={len(self.candidate)}/{len(self.reference)}: "
-                f"{self.outcome()})")
+    def needed(self) -> int | None:
+        return self.effect.needed(alpha=ALPHA / max(self.family, 1))
+
+    def text(self) -> str:
+        effect = self.effect
+        if not effect.testable:
+            return f"{self.what} (n={effect.n}: {TOO_FEW})"
+        adjusted = f", Holm {self.p_adjusted:.2g}" if math.isfinite(self.p_adjusted) else ""
+        outcome = self.outcome()
+        if outcome == UNDECIDED:
+            needed = self.needed()
+            outcome += (f": {needed} {effect.unit} would decide it at {TARGET_POWER:.0%} power" if needed else
+                        f": no {effect.unit} count up to {MAX_SAMPLES} would decide it")
+        return (f"{self.what}: {effect.symbol} {effect.effect:+.3g}, {CONFIDENCE:.0%} CI {effect.interval_text()}, "
+                f"p={self.p_value:.2g}{adjusted}, power {effect.power():.0%}, n={effect.n}: {outcome}")
 
 
-def compare(frame: pd.DataFrame, metric: str, candidate, reference, column: str = MODEL) -> Comparison:
+def compare(frame: pd.DataFrame, metric: str, candidate, reference, column: str = MODEL,
+            labels: tuple[str, str] | None = None, unit: str = "seeds per model") -> Finding:
+    """Welch's difference of `metric` between the rows whose `column` is `candidate` and those that are `reference`
+    (lower is better for a "min" metric)."""
     values = {name: frame.loc[frame[column] == name, metric].astype(float).dropna().to_numpy()
               for name in (candidate, reference)}
-    return Comparison(metric, values[candidate], values[reference])
+    names = labels or (str(candidate), str(reference))
+    means = [f"{np.mean(values[name]):.4g}" if len(values[name]) else "–" for name in (candidate, reference)]
+    lower_is_better = METRICS[metric].mode == "min" if metric in METRICS else True
+    return Finding(f"{metric} {names[0]} {means[0]} vs {names[1]} {means[1]}",
+                   WelchDifference(values[candidate], values[reference], unit), -1 if lower_is_better else 1)
 
 
-def _combine(outcomes: list[str]) -> str:
+def decided(findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
+    """The same findings with Holm-adjusted p-values across all of them: one study's claims are one family."""
+    flat = [finding for group in findings.values() for finding in group]
+    adjusted = iter(holm([finding.p_value for finding in flat]))
+    family = sum(finding.effect.testable for finding in flat)
+    return {claim: [dataclasses.replace(finding, p_adjusted=next(adjusted), family=family) for finding in group]
+            for claim, group in findings.items()}
+
+
+def _combine(findings: list[Finding]) -> str:
+    outcomes = [finding.outcome() for finding in findings]
     if outcomes and all(o == TOO_FEW for o in outcomes):
         return "not tested (fewer than 2 seeds per model)"
     if outcomes and all(o == "better" for o in outcomes):
         return "supported"
     if any(o == "worse" for o in outcomes) and not any(o == "better" for o in outcomes):
         return "contradicted"
+    if UNDECIDED in outcomes:  # a part that more evidence could still turn either way
+        needed = [f.needed() for f in findings if f.outcome() == UNDECIDED]
+        known = [n for n in needed if n is not None]
+        return (f"undecided ({max(known)} {findings[0].effect.unit} would decide it)" if known and len(known) == len(needed)
+                else "undecided")
     if any(o == "better" for o in outcomes):
         return "partly supported"
     return "not supported"
+
+
+def _too_little(verdict: Verdict, basis: str) -> Verdict:
+    """A verdict below the evidence minimum keeps its numbers but decides nothing."""
+    if verdict.verdict.startswith("not tested"):
+        return verdict
+    return Verdict(verdict.claim, "too little evidence", f"{basis}; the numbers, for what they are worth: "
+                                                          f"{verdict.evidence}")
 
 
 def dataset_of(trials: pd.DataFrame) -> str | None:
@@ -131,48 +173,60 @@ def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
 
 def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> list[Verdict]:
     """Verdicts from a study whose trials are labelled model_1..model_5 (any subset; missing pairs -> not tested),
-    on the test split's numbers of the completed trials (all presets run to their full length: equal fidelity)."""
+    on the test split's numbers of the completed trials (all presets run to their full length: equal fidelity).
+
+    Every difference is Welch's over seeds with its 95 % t interval; the p-values of all the comparisons behind
+    (b), (c) and (d) are one family, Holm-corrected; a difference that is not significant at low power is
+    `undecided`, with the seeds per model that would decide it.
+    """
     trials = with_models(on_test_split(trials))
     present = set(trials[MODEL])
-    verdicts = [_thickness_respected(trials, details, sorted(present))]
+    findings, notes = {}, {}
 
     if {"model_1", "model_2"} <= present:
-        parts = [compare(trials, "class_parity", "model_2", "model_1")]
-        texts = [parts[0].text("model_2 (per_class)", "model_1 (global)")]
+        findings["b"] = [compare(trials, "class_parity", "model_2", "model_1",
+                                 labels=("model_2 (per_class)", "model_1 (global)"))]
         if details is not None and not details.empty:
             excess = with_models(digit_excess(details).merge(trials[["trial_id", MODEL]], on="trial_id"))
             excess["abs_excess"] = excess["digit_excess"].abs()
             one_name = class_name(1, dataset_of(trials))
-            one = Comparison(f"{one_name} |width excess|", *(excess.loc[excess[MODEL] == m, "abs_excess"].to_numpy()
-                                                              for m in ("model_2", "model_1")))
-            parts.append(one)
-            global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"].mean()
-            texts.append(f"{one_name} drawn {global_excess:+.3f} relative width vs real under global; " +
-                         one.text("model_2", "model_1"))
-        verdicts.append(Verdict("b", _combine([p.outcome() for p in parts]), "; ".join(texts)))
+            global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"]
+            notes["b"] = (f"{one_name} drawn {global_excess.mean():+.3f} relative width vs real under global "
+                          f"(seeds {', '.join(f'{v:+.2f}' for v in global_excess)})")
+            findings["b"].append(compare(excess, "abs_excess", "model_2", "model_1",
+                                         labels=(f"{one_name} |width excess| model_2", "model_1")))
+    pairs_c = [(a, b) for a, b in (("model_4", "model_2"), ("model_5", "model_3")) if {a, b} <= present]
+    findings["c"] = [compare(trials, "grey_fraction", a, b) for a, b in pairs_c]
+    pairs_d = [(a, b) for a, b in (("model_3", "model_2"), ("model_5", "model_4")) if {a, b} <= present]
+    findings["d"] = [compare(trials, m, a, b) for a, b in pairs_d for m in ("fid", "class_accuracy")]
+    findings = decided({claim: found for claim, found in findings.items() if found})
+
+    verdicts = [_thickness_respected(trials, details, sorted(present))]
+    if "b" in findings:
+        texts = [finding.text() for finding in findings["b"]]
+        if "b" in notes:
+            texts.insert(1, notes["b"])
+        verdicts.append(Verdict("b", _combine(findings["b"]), "; ".join(texts)))
     else:
         verdicts.append(Verdict("b", "not tested", "needs model_1 (global) and model_2 (per_class)"))
-
-    pairs = [(a, b) for a, b in (("model_4", "model_2"), ("model_5", "model_3")) if {a, b} <= present]
-    if pairs:
-        sharper = [compare(trials, "grey_fraction", a, b) for a, b in pairs]
-        side = [compare(trials, m, a, b).text(a, b) for a, b in pairs for m in ("fid", "ink_w1")]
-        verdicts.append(Verdict("c", _combine([c.outcome() for c in sharper]),
-                                "; ".join(c.text(a, b) for c, (a, b) in zip(sharper, pairs))
-                                + _real_level(trials, "grey_fraction")
+    if "c" in findings:
+        side = [compare(trials, m, a, b).what for a, b in pairs_c for m in ("fid", "ink_w1", "grey_gap") if m in trials]
+        verdicts.append(Verdict("c", _combine(findings["c"]),
+                                "; ".join(f.text() for f in findings["c"]) + _real_level(trials, "grey_fraction")
                                 + ". Side effects (sharper is not automatically more realistic): " + "; ".join(side)))
     else:
         verdicts.append(Verdict("c", "not tested", "needs model_4 vs model_2 or model_5 vs model_3"))
-
-    pairs = [(a, b) for a, b in (("model_3", "model_2"), ("model_5", "model_4")) if {a, b} <= present]
-    if pairs:
-        parts = [(compare(trials, m, a, b), a, b) for a, b in pairs for m in ("fid", "class_accuracy")]
-        verdicts.append(Verdict("d", _combine([c.outcome() for c, _, _ in parts]),
-                                "; ".join(c.text(a, b) for c, a, b in parts)))
+    if "d" in findings:
+        verdicts.append(Verdict("d", _combine(findings["d"]), "; ".join(f.text() for f in findings["d"])))
     else:
         verdicts.append(Verdict("d", "not tested", "needs model_3 vs model_2 or model_5 vs model_4"))
     verdicts.append(Verdict("e", "not tested", "no preset applies the grey loss from epoch 1 (all use warm-up 1 or "
                                                "no grey loss); see the grey_warmup and grey_loss studies"))
+    seeds = trials.groupby(MODEL).size()
+    if len(seeds) and seeds.min() < MIN_SEEDS:
+        basis = (f"rests on {seeds.min()}–{seeds.max()} seeds per model (fewer than {MIN_SEEDS}: too little "
+                 "evidence)")
+        verdicts = [_too_little(v, basis) for v in verdicts]
     return verdicts
 
 
@@ -240,56 +294,66 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
     else:
         verdicts.append(Verdict("a", "not tested", "no completed trial that draws digits"))
 
+    findings, texts = {}, {}
     if param_column("condition_mode") in compared and compared[param_column("condition_mode")].nunique() == 2:
-        parity = compare(compared, "class_parity", "per_class", "global", column=param_column("condition_mode"))
-        verdicts.append(Verdict("b", _combine([parity.outcome()]),
-                                parity.text("per_class", "global") + " (trials differ in the other searched "
-                                "parameters too, so this is confounded; the Model 1–5 study isolates it)" + fidelity))
-    else:
-        verdicts.append(Verdict("b", "not tested", "condition_mode was not searched (or not in the compared trials)"))
-
+        findings["b"] = [compare(compared, "class_parity", "per_class", "global", column=param_column("condition_mode"),
+                                 unit="trials per normalisation")]
+        texts["b"] = (" (trials differ in the other searched parameters too, so this is confounded; the Model 1–5 "
+                      "study isolates it)" + fidelity)
     if param_column("grey_weight") in drawing and len(drawing) >= 3:
         applied = drawing[param_column("grey_weight")].astype(float).where(
             drawing["epochs_run"] > drawing.get(param_column("warmup_epochs"), 0), 0.0)
-        rho = stats.spearmanr(applied, drawing["grey_fraction"].astype(float), nan_policy="omit")
-        verdict = "supported" if rho.statistic < -0.3 and rho.pvalue < SIGNIFICANCE else (
-            "contradicted" if rho.statistic > 0.3 and rho.pvalue < SIGNIFICANCE else "not supported")
-        fid_rho = stats.spearmanr(applied, drawing["fid"].astype(float), nan_policy="omit")
-        verdicts.append(Verdict("c", verdict, f"Spearman(grey weight applied, grey_fraction) = {rho.statistic:.3f} "
-                                f"(p={rho.pvalue:.2g}, {len(drawing)} trials; weight counted as 0 where the trial "
-                                f"stopped before its warm-up ended); with fid: {fid_rho.statistic:.3f} "
-                                f"(p={fid_rho.pvalue:.2g}){excluded}{fidelity}"))
-    else:
-        verdicts.append(Verdict("c", "not tested", "grey_weight was not searched (or < 3 compared trials draw digits)"))
-
+        findings["c"] = [Finding("Spearman(grey weight applied, grey_fraction)",
+                                 RankCorrelation(applied.to_numpy(), drawing["grey_fraction"].astype(float).to_numpy()),
+                                 -1)]
+        with_fid = RankCorrelation(applied.to_numpy(), drawing["fid"].astype(float).to_numpy())
+        texts["c"] = (f" ({len(drawing)} trials; weight counted as 0 where the trial stopped before its warm-up "
+                      f"ended); with fid: {with_fid.effect:.3f} (p={with_fid.p_value:.2g}){excluded}{fidelity}")
     finished_drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
-    verdicts.append(_more_epochs(epochs, finished_drawing))
+    findings["d"], texts["d"] = _more_epochs(epochs, finished_drawing)
+    findings = decided({claim: found for claim, found in findings.items() if found})
+
+    for claim, missing in (("b", "condition_mode was not searched (or not in the compared trials)"),
+                           ("c", "grey_weight was not searched (or < 3 compared trials draw digits)"),
+                           ("d", texts["d"])):
+        if claim in findings:
+            verdicts.append(Verdict(claim, _combine(findings[claim]),
+                                    "; ".join(f.text() for f in findings[claim]) + texts[claim]))
+        else:
+            verdicts.append(Verdict(claim, "not tested", missing))
     verdicts.append(_collapse(epochs, finished))
+    epochs_run = finished["epochs_run"].max() if len(finished) else 0
+    if len(finished) < MIN_TRIALS or epochs_run < MIN_EPOCHS:
+        basis = (f"rests on {len(finished)} finished trial(s) of at most {epochs_run:.0f} epoch(s) (fewer than "
+                 f"{MIN_TRIALS} trials or {MIN_EPOCHS} epochs: too little evidence)")
+        verdicts = [_too_little(v, basis) for v in verdicts]
     return verdicts
 
 
-def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame, excluded: str = "") -> Verdict:
-    """Paired within trials: fid and class_accuracy at the first reported epoch vs the last, for trials run longer."""
+def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame) -> tuple[list[Finding], str]:
+    """Paired within trials: fid and class_accuracy at the first reported epoch vs the last, for trials run longer.
+
+    Returns:
+        (findings, the text that follows them), or ([], why it is not tested).
+    """
     if epochs.empty:
-        return Verdict("d", "not tested", "no epochs table")
+        return [], "no epochs table"
     long_runs = finished[finished["epochs_run"] >= 4]["trial_id"]
     rows = epochs[epochs["trial_id"].isin(long_runs)].sort_values("epoch")
     if rows["trial_id"].nunique() < 3:
-        return Verdict("d", "not tested", "fewer than 3 trials ran 4 or more epochs")
+        return [], "fewer than 3 trials ran 4 or more epochs"
     # the first and last epochs themselves (groupby().first() would take each column's first non-missing value)
     first = rows.drop_duplicates("trial_id", keep="first").set_index("trial_id")
     last = rows.drop_duplicates("trial_id", keep="last").set_index("trial_id")
-    outcomes, texts = [], []
+    findings = []
     for metric in ("fid", "class_accuracy"):
         delta = (last[metric] - first[metric]).dropna()
-        test = stats.wilcoxon(delta) if len(delta) >= 3 and np.ptp(delta) > 0 else None
-        p = test.pvalue if test is not None else math.nan
-        improved = (delta < 0) if METRICS[metric].mode == "min" else (delta > 0)
-        good = improved.mean() > 0.5
-        outcomes.append(("better" if good else "worse") if p < SIGNIFICANCE else "no clear difference")
-        texts.append(f"{metric} improved from first to last epoch in {improved.sum()}/{len(delta)} trials "
-                     f"(mean Δ {delta.mean():+.3g}, Wilcoxon p={p:.2g})")
-    return Verdict("d", _combine(outcomes), "; ".join(texts) + f" (trials with ≥ 4 epochs{excluded})")
+        lower_is_better = METRICS[metric].mode == "min"
+        improved = (delta < 0) if lower_is_better else (delta > 0)
+        findings.append(Finding(f"{metric} improved from first to last epoch in {improved.sum()}/{len(delta)} trials "
+                                "(last - first, paired t)", PairedDifference(delta.to_numpy()),
+                                -1 if lower_is_better else 1))
+    return findings, " (trials with ≥ 4 epochs)"
 
 
 def _collapse(epochs: pd.DataFrame, finished: pd.DataFrame) -> Verdict:

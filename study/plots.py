@@ -14,6 +14,7 @@ from cvae.metrics import METRICS, SAMPLE_METRICS
 from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
+from study.statistics import mean_interval
 
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
@@ -36,7 +37,8 @@ def _direction(metric: str) -> str:
 def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
     """Mean and std over seeds of each metric at every trial's last epoch, one row per model.
 
-    Columns: `seeds`, `epochs`, then `<metric>_mean` / `<metric>_std` per metric, and `reported_loss`
+    Columns: `seeds`, `epochs`, then `<metric>_mean` / `_std` / `_low` / `_high` (the mean's 95 % t interval) per
+    metric, and `reported_loss`
     (the final train loss the reference experiment reported on 60k MNIST) for presets.
     """
     frame = with_models(trials)
@@ -45,18 +47,20 @@ def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFra
     for metric in (m for m in metrics if m in frame):  # older tables lack newer metrics (e.g. val_elbo)
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)
+        bounds = grouped[metric].apply(mean_interval)
+        table[f"{metric}_low"], table[f"{metric}_high"] = bounds.str[0], bounds.str[1]
     table["reported_loss"] = [REPORTED_TRAIN_LOSS.get(name, np.nan) for name in table.index]
     return table
 
 
 def format_model_table(table: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
-    """model_table as 'mean ± std' strings, metrics as rows (the shape of the summary's table)."""
+    """model_table as 'mean [95 % interval]' strings, metrics as rows (the shape of the summary's table)."""
     cells = {}
     for model, row in table.iterrows():
         column = {"seeds": f"{row['seeds']:.0f}", "epochs": f"{row['epochs']:.0f}"}
         for metric in (m for m in metrics if f"{m}_mean" in row):
-            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-            column[metric] = f"{mean:.4g}" + (f" ± {std:.2g}" if np.isfinite(std) else "")
+            mean, low, high = row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"]
+            column[metric] = f"{mean:.4g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else "")
         column["reported loss (60k)"] = f"{row['reported_loss']:.2f}" if np.isfinite(row["reported_loss"]) else "–"
         cells[model] = column
     return pd.DataFrame(cells)

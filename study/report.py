@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with,
 from cvae.metrics import TEST_PREFIX
 from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
                            incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
-                           read_table, real_level, resolve_path, split_label, trial_params)
+                           provisional_note, read_table, real_level, resolve_path, split_label, trial_params)
 
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -232,7 +231,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                                            else "accuracy not recorded (a study made before it was)"), ""]
     if is_grid(spec):
         table = model_table(on_test_split(trials))
-        lines += [f"## Models: final metrics on the {split_label(trials)} split, mean ± std over seeds", "",
+        lines += [f"## Models: final metrics on the {split_label(trials)} split, mean [95 % t interval] over seeds", "",
                   "`loss` is the final training loss (reconstruction + KL + weighted grey + L2) on this study's data; "
                   "the reference column was reported on 60k MNIST, so only the ordering is comparable. Validation "
                   "numbers are in trials.csv (the columns without `test_`).", "",
@@ -242,6 +241,9 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
         best = None if varies_presets(trials) else best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
     except ValueError as error:
         lines += ["## Best trial", "", f"none yet: {error}", ""]
+        best = None
+    if best is not None and (provisional := provisional_note(best)):
+        lines += ["## Best trial", "", BEST_RULE, "", f"None yet: {provisional}.", ""]
         best = None
     if best is not None:
         params = trial_params(best)
@@ -261,13 +263,27 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
         lines += pareto_section(trials, spec)
     lines += ["## Claims (a)–(e) of the design, [docs/design.md](../../docs/design.md#claims)", ""]
     lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
-    lines += ["", "Verdict rules: differences count when Welch's t-test over seeds gives p < 0.05 "
-              "(3 seeds only detect large effects); thickness counts as respected at Spearman ≥ 0.8.", ""]
+    lines += ["", verdict_rules(), ""]
     if figure_names:
         lines += ["## Figures", ""] + [f"![{name}]({FIGURES_DIR}/{name}.png)" for name in figure_names] + [""]
     text = "\n".join(lines)
     (folder / SUMMARY_FILE).write_text(text)
     return text
+
+
+def verdict_rules() -> str:
+    """How the verdicts above were decided, with the thresholds they used."""
+    from study.claims import MIN_EPOCHS, MIN_SEEDS, MIN_TRIALS, RESPECTED_CORRELATION
+    from study.statistics import ALPHA, CONFIDENCE, TARGET_POWER
+
+    return (f"Verdict rules: an effect is a difference of means over seeds (Welch; within trials: paired) or a "
+            f"Spearman correlation, with its {CONFIDENCE:.0%} interval (t-based; Fisher z for correlations). The "
+            f"p-values behind (b), (c) and (d) are one family, Holm-corrected to {ALPHA:.0%}. A difference that is not "
+            f"significant while the power at the observed effect is below {TARGET_POWER:.0%} is `undecided`, with "
+            f"the sample size that would reach {TARGET_POWER:.0%} power at {ALPHA:g} / the number of tests (the "
+            f"observed effect and variance taken as true). Below {MIN_SEEDS} seeds per model (a grid) or "
+            f"{MIN_TRIALS} finished trials or {MIN_EPOCHS} epochs (a search) every verdict is `too little evidence`. "
+            f"Thickness counts as respected at Spearman ≥ {RESPECTED_CORRELATION}.")
 
 
 def objective_pairs(spec: dict) -> list[tuple[tuple[str, str], tuple[str, str]]]:

@@ -428,6 +428,15 @@ BEST_RULE = ("A trial's result is its last epoch. The best trial is the complete
              "the test split was measured once per completed trial and never used to choose.")
 
 
+def provisional_note(best: pd.Series) -> str | None:
+    """What a best trial that did not complete is (best_trial falls back on pruned trials when none completed), or
+    None for a completed one: its numbers are validation numbers at lower fidelity, and it has no test numbers."""
+    if best["status"] == STATUS_COMPLETED:
+        return None
+    return (f"no trial completed: {best['trial_id']} is only the best {best['status']} trial so far (stopped after "
+            f"{best['epochs_run']:.0f} epoch(s); validation numbers at lower fidelity, no test numbers)")
+
+
 def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
     """The study's best trial (BEST_RULE): among completed trials, the best validation objective at the last
     epoch (multi-objective: the Pareto front, then the first metric). Pruned trials stopped at lower fidelity, so

@@ -443,7 +443,7 @@ def report_disk(experiment: str, results_dir: Path, records) -> None:
 
 def summarise(trials, spec, results_dir: Path) -> None:
     from cvae.metrics import TEST_PREFIX
-    from study.results import best_trial, resolve_path, trial_params
+    from study.results import best_trial, provisional_note, resolve_path, trial_params
 
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -453,10 +453,14 @@ def summarise(trials, spec, results_dir: Path) -> None:
         print(f"no best trial: {error}")
         return
     params = trial_params(best)
+    provisional = provisional_note(best)
+    if provisional:
+        print(provisional)
     print(f"best trial {best['trial_id']} (chosen on validation {', '.join(spec.metrics)}): " +
           ", ".join(f"{k}={v}" for k, v in params.items()))
-    shown = ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction", "collapse_rate")
-    print("  test:       " + ", ".join(f"{m}={best.get(TEST_PREFIX + m, float('nan')):.4g}" for m in shown))
+    shown = ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_gap", "collapse_rate")
+    if not provisional:
+        print("  test:       " + ", ".join(f"{m}={best.get(TEST_PREFIX + m, float('nan')):.4g}" for m in shown))
     print("  validation: " + ", ".join(f"{m}={best[m]:.4g}" for m in shown))
     print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from cvae.cli import ArgumentParser, exit_with, fail
 from study.results import best_trial, incomplete_note, load_results, resolve_path
@@ -38,6 +37,11 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
         fail(str(error))
     checkpoint = resolve_path(args.results, row["checkpoint"])
     print(f"trial {row['trial_id']}: {checkpoint}")
+    chosen = "chosen with --trial" if args.trial else f"best by validation {spec['metrics'][0]}"
+    title = (f"study {spec['name']}, trial {row['trial_id']} ({chosen}; {row['status']} after "
+             f"{row['epochs_run']:.0f} epochs)")
+    if "--title" not in passed_on:
+        passed_on = [*passed_on, "--title", title]
     return sample_main([str(checkpoint), *passed_on])
 
 

@@ -107,7 +107,7 @@ def param_space(spec) -> dict:
     if spec.algorithm != "grid":
         return {}
     space = {p.name: tune.grid_search(list(p.values)) for p in spec.parameters}
-    space["seed"] = tune.grid_search(list(range(spec.repeats)))
+    space["seed"] = tune.grid_search(sorted({point["seed"] for point in spec.grid()}))  # the seeds spec.grid() names
     return space
 
 

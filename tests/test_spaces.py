@@ -152,3 +152,14 @@ def test_gp_sampler_without_torch_is_a_clear_error(tmp_path):
         assert result.returncode == 2 and "sampler gp needs PyTorch" in result.stderr
     else:  # with torch installed the file is valid; Ray would start, so only validation is checked here
         assert "sampler gp needs PyTorch" not in result.stderr
+
+
+def test_a_grid_runs_its_seeds_from_first_seed():
+    """More seeds for an earlier study are a new study starting where it stopped (pooled by report.py --pool)."""
+    from study.tuner import param_space
+
+    spec = load_spec("models_1_2_seeds.yaml")
+    assert spec.first_seed == 3 and spec.repeats == 7
+    assert sorted({point["seed"] for point in spec.grid()}) == list(range(3, 10))
+    assert param_space(spec)["seed"] == {"grid_search": list(range(3, 10))}  # what Tune runs
+    assert param_space(spec.with_overrides(first_seed=0, repeats=2))["seed"] == {"grid_search": [0, 1]}
