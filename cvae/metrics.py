@@ -60,6 +60,8 @@ CLASSIFIER_ACCURACY = "classifier_accuracy"  # the reference classifier's test a
 # real data sits (real digits are about half grey: "sharper" can overshoot reality).
 REAL_PREFIX = "real_"
 REAL_METRICS = ("grey_fraction", "collapse_rate")
+# Sample metrics whose better value is the real images' own, not an end of the scale (grey_gap measures the distance).
+REAL_TARGET_METRICS = ("grey_fraction",)
 # What else an epoch's report carries by name: its status and, when checkpointing, the checkpoint folder.
 STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"
 CHECKPOINT_KEY = "checkpoint"

@@ -6,11 +6,12 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 import pandas as pd
 import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
-from cvae.metrics import METRICS, SAMPLE_METRICS
+from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
 from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
@@ -31,7 +32,16 @@ def clipped_band(mean: pd.Series, spread: pd.Series, metric: str) -> tuple[pd.Se
 
 
 def _direction(metric: str) -> str:
+    if metric in REAL_TARGET_METRICS:
+        return "real data's level is best"
     return "lower is better" if METRICS[metric].mode == "min" else "higher is better"
+
+
+def mark_real_level(axis, frame: pd.DataFrame, metric: str, horizontal: bool = True) -> None:
+    """A dashed line where the real held-out images sit on `metric`, if the frame reports their level."""
+    if (level := results.real_level(frame, metric)) is not None:
+        (axis.axhline if horizontal else axis.axvline)(level, color="tab:green", linestyle="--", linewidth=1,
+                                                       label=f"real data ({metric})")
 
 
 def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFrame:
@@ -73,10 +83,12 @@ def plot_model_metrics(trials: pd.DataFrame, metrics=SAMPLE_METRICS) -> plt.Figu
     """One panel per metric: each model's mean over seeds with the seeds' standard deviation."""
     frame = with_models(trials)
     columns = 4
+    order = sorted(frame[MODEL].unique())
+    metrics = [m for m in metrics if m in frame]  # tables made before a metric existed lack it
     rows = math.ceil(len(metrics) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
-    order = sorted(frame[MODEL].unique())
     for axis, metric in zip(axes.flat, metrics):
+        mark_real_level(axis, frame, metric)
         stats = frame.groupby(MODEL)[metric].agg(["mean", "std"]).reindex(order)
         low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
         axis.errorbar(range(len(order)), stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
@@ -109,6 +121,8 @@ def plot_epoch_curves(epochs: pd.DataFrame, metrics=CURVE_METRICS) -> plt.Figure
             stats = group.groupby("epoch")[metric].agg(["mean", "std"])
             low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
             axis.fill_between(stats.index, low, high, color=colours[model], alpha=0.2, linewidth=0)
+        if metric in REAL_TARGET_METRICS:
+            mark_real_level(axis, frame, metric)
         axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
         axis.set_ylabel("")
     for axis in list(axes.flat)[len(metrics):]:
@@ -131,7 +145,7 @@ def plot_sample_grids(grids: dict[str, np.ndarray], thickness) -> plt.Figure:
     """
     from cvae.drawing import tile
 
-    figure, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 4.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(grids), figsize=(3.0 * len(grids), 6.0), squeeze=False)  # 450 x 900 px at 150 dpi
     for axis, (label, grid) in zip(axes.flat, grids.items()):
         axis.imshow(tile(np.asarray(grid, dtype=np.float32) / 255.0, scale=1), cmap="gray", vmin=0, vmax=255)
         axis.set_title(label, fontsize=9)
@@ -213,6 +227,7 @@ def plot_objective_history(trials: pd.DataFrame, spec: dict) -> plt.Figure:
         sns.scatterplot(x=order, y=values, hue=trials["status"].to_numpy(), ax=axis)
         axis.plot(order, best.to_numpy(), color="black", drawstyle="steps-post", label=f"best so far ({mode})")
         axis.set_xlabel("trial (in start order)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, never halved
         axis.set_ylabel(f"{metric} at last epoch")
         axis.legend(fontsize=8)
     figure.suptitle("Objective history")
@@ -253,11 +268,17 @@ def _param_value(value, distribution):
 
 
 def plot_parameter_importance(trials: pd.DataFrame, spec: dict) -> plt.Figure:
+    """fANOVA importances, titled with the trials they rest on (and "too little evidence" below MIN_TRIALS)."""
+    from study.claims import MIN_TRIALS
+
     importance = parameter_importance(trials, spec)
-    figure, axis = plt.subplots(figsize=(6, 0.5 * len(importance) + 1.5))
+    figure, axis = plt.subplots(figsize=(6, 0.5 * len(importance) + 1.8))
     sns.barplot(x=importance.to_numpy(), y=importance.index, color="tab:blue", ax=axis)
     axis.set_xlabel(f"fANOVA importance for {importance.name} (Optuna)")
     axis.set_ylabel("")
+    rests_on = f"from {len(trials)} finished trials"
+    axis.set_title(rests_on + (f": too little evidence (fewer than {MIN_TRIALS})" if len(trials) < MIN_TRIALS else ""),
+                   fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -332,6 +353,9 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
                             legend=(row, column) == (0, len(parameters) - 1))
             if parameter == "grey_weight":
                 axis.set_xscale("log")
+                axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, not one per decade
+                axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                axis.xaxis.set_minor_formatter(NullFormatter())
             axis.set_xlabel(parameter if row == len(metrics) - 1 else "")
             axis.set_ylabel(metric if column == 0 else "")
     if hue and axes[0, -1].get_legend() is not None:
@@ -365,6 +389,5 @@ def plot_pareto(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("
 def mark_real_data(axis, trials: pd.DataFrame, metrics) -> None:
     """A dashed line where real data sits on each axis whose metric the trials report a real value for
     (real_grey_fraction: real digits are about half grey, so 'sharper' can overshoot reality)."""
-    for metric, draw in zip(metrics, (axis.axvline, axis.axhline)):
-        if (level := results.real_level(trials, metric)) is not None:
-            draw(level, color="tab:green", linestyle="--", label=f"real data ({metric})")
+    for metric, horizontal in zip(metrics, (False, True)):
+        mark_real_level(axis, trials, metric, horizontal)

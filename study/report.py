@@ -11,11 +11,10 @@ import pandas as pd
 
 from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.metrics import TEST_PREFIX
-from study.results import (BEST_RULE, FINISHED, PARAM_PREFIX, SEED_PARAMETER, STATUS_COMPLETED, best_trial,
-                           incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
+from study.results import (BEST_RULE, DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE,
+                           SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
                            provisional_note, read_table, real_level, resolve_path, split_label, trial_params)
 
-DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
 
 
@@ -371,13 +370,30 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
                         help="redraw details.csv / samples.npz from the checkpoints even if they exist")
     parser.add_argument("--no-details", action="store_true",
                         help="use only the tables (no TensorFlow; no sweeps or sample grids unless already saved)")
-    parser.add_argument("--dpi", type=int, default=90, help="figure resolution (default 90)")
+    parser.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150: print size)")
+    parser.add_argument("--pool", action="append", default=[], metavar="FOLDER",
+                        help="pool this grid study's trials with the first one's (more seeds of the same design, "
+                        "e.g. one run with --first-seed); repeatable; needs --out")
+    parser.add_argument("--out", help="with --pool: the folder for the pooled study's tables, figures and summary")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     apply_verbose(args)
     if not 20 <= args.dpi <= 600:
         fail(f"--dpi must be in [20, 600], got {args.dpi}")
+    if bool(args.pool) != bool(args.out):
+        fail("--pool and --out go together: report.py FIRST --pool MORE --out POOLED")
     folder = Path(args.results)
+    if args.pool:
+        from study.pooling import pool
+
+        folder = Path(args.out)
+        if folder.resolve() in {Path(f).resolve() for f in (args.results, *args.pool)}:
+            fail(f"--out {folder} is one of the pooled studies; name a new folder")
+        try:
+            pool([Path(args.results), *map(Path, args.pool)], folder)
+        except ValueError as error:
+            fail(str(error))
+        print(f"pooled {1 + len(args.pool)} studies into {folder}", flush=True)
     try:
         trials, epochs, spec = load_results(folder)
     except ValueError as error:

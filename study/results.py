@@ -17,6 +17,8 @@ from cvae.metrics import (CLASSIFIER_ACCURACY, METRICS, STATUS_COMPLETED, STATUS
                           REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
+# What study/report.py draws from the checkpoints once (so a folder stays reportable without them), and writes.
+DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 PARAM_PREFIX = "param_"
 FLAGS_KEY = "flags"  # study.json: the command-line flags a --resume must repeat
 STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
@@ -126,7 +128,7 @@ def _relocatable(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return frame
 
 
-def _replace_atomically(content: pd.DataFrame | str, path: Path) -> None:
+def replace_atomically(content: pd.DataFrame | str, path: Path) -> None:
     """Write a table (as CSV) or a text to `path` in one step: a reader, or a run killed meanwhile, never sees half."""
     scratch = path.with_name(f".{path.name}.tmp")
     if isinstance(content, str):
@@ -140,7 +142,7 @@ def write_trials(folder: Path, records: list[TrialRecord]) -> pd.DataFrame:
     """Rewrite trials.csv (one row per trial) atomically."""
     trials = _relocatable(pd.DataFrame([trial_row(record) for record in records]), folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(trials, folder / TRIALS_FILE)
+    replace_atomically(trials, folder / TRIALS_FILE)
     return trials
 
 
@@ -148,7 +150,7 @@ def write_tables(folder: Path, records: list[TrialRecord]) -> tuple[pd.DataFrame
     """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
     trials = write_trials(folder, records)
     epochs = pd.DataFrame([epoch_row(record, row) for record in records for row in record.rows])
-    _replace_atomically(epochs, folder / EPOCHS_FILE)
+    replace_atomically(epochs, folder / EPOCHS_FILE)
     return trials, epochs
 
 
@@ -183,7 +185,7 @@ class EpochLog:
         frame = read_table(self.path)
         frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(frame, self.path)
+        replace_atomically(frame, self.path)
         self.columns = list(frame.columns)
 
 
@@ -242,7 +244,7 @@ def save_spec(folder: Path, spec, recorded: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     values = {**spec.to_dict(), "path": os.path.relpath(Path(spec.path).resolve(), Path(folder).resolve()),
               **(recorded or {})}
-    _replace_atomically(json.dumps(values, indent=1, default=list), folder / SPEC_FILE)
+    replace_atomically(json.dumps(values, indent=1, default=list), folder / SPEC_FILE)
 
 
 MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed

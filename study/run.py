@@ -485,6 +485,8 @@ def stop_like_ctrl_c(signum, frame) -> None:
 
 def main(argv=None, prog: str = "python study/run.py") -> int:
     args = parse_args(argv, prog)
+    if not args.verbose:  # a second Ctrl-C can leave Ray's log files to the interpreter's exit: not the user's concern
+        warnings.simplefilter("ignore", ResourceWarning)
     spec, results_dir, storage_path, experiment = prepare(args)
     check_data(spec)  # input checks first; what depends on the study folder's state waits for its lock
     from study.lock import StudyLock, StudyLocked

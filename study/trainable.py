@@ -73,13 +73,19 @@ def report_failure(error: Exception, epoch: int) -> None:
 def quiet_library_logs() -> None:
     """Unless the study runs verbose, keep per-epoch library chatter off the study's console.
 
-    Ray Train logs "Checkpoint successfully created" every epoch; TensorFlow warns that "5 out of the last 15
-    calls ... triggered tf.function retracing" once a reused worker has built its third trial's model (each
-    trial's model traces its own functions once: expected, not a slowdown).
+    Ray Train logs "Checkpoint successfully created" every epoch, Tune "Restored on ... from checkpoint" when a
+    resumed trial starts; TensorFlow warns that "5 out of the last 15 calls ... triggered tf.function retracing"
+    once a reused worker has built its third trial's model (each trial's model traces its own functions once:
+    expected, not a slowdown).
     """
     if os.environ.get(VERBOSE_ENV) != "1":
         logging.getLogger("ray.train").setLevel(logging.WARNING)
+        logging.getLogger("ray.tune.trainable").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+# A trial worker imports this module before Tune restores the trial (the restore logs before run_trial runs).
+quiet_library_logs()
 
 
 def run_trial(params: dict, spec) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: a session-wide classifier cache and one tiny trained run reused by several tests."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -67,3 +68,15 @@ def write_space():
         path.write_text(textwrap.dedent(body))
         return path
     return write
+
+
+# Lines that are not the project's own: libraries' start-up and bookkeeping lines, Python warnings, tracebacks.
+NOISE = re.compile(r"I0000|E0000|W0000|absl::InitializeLog|oneDNN|cuInit|cuda drivers|cpu_feature_guard|"
+                   r"Checkpoint successfully created|View detailed results|Tuner\.restore|INFO worker\.py|"
+                   r"A new study created|Configuration for experiment|Restored on|Traceback|\w+Warning: ")
+
+
+@pytest.fixture(scope="session")
+def noise_in():
+    """The lines of a console that are noise (NOISE): start-up lines, warnings, tracebacks."""
+    return lambda console: [line for line in console.splitlines() if NOISE.search(line)]

@@ -99,9 +99,11 @@ def test_user_idx_folder_and_npz(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def fresh_download_memory(monkeypatch):
+def fresh_download_memory(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(data, "_failed_downloads", set())
     monkeypatch.delenv(data.OFFLINE_ENV, raising=False)
+    # its own cache: another test's failed download leaves a marker that skips the next attempt for a day
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(tmp_path_factory.mktemp("data-cache")))
 
 
 def test_lookup_order_cache_then_download_then_embedded(tmp_path, monkeypatch):

@@ -320,3 +320,26 @@ def test_search_verdicts_compare_at_equal_fidelity_or_say_so():
     mixed = verdicts(judge_search(few, epochs))
     assert "MIXED FIDELITY: 10 of 12 trials were pruned after 2–2 epochs" in mixed["c"].evidence
     assert "MIXED FIDELITY" in mixed["b"].evidence
+
+
+def test_figures_read_at_print_size(grey_spec):
+    """Integer trial axes, 1-2-5 ticks on a log axis, grey_fraction against real data, importances that say what
+    they rest on."""
+    trials, _ = search_tables(collapse_from_start=False)
+    history = plots.plot_objective_history(trials, grey_spec)
+    ticks = history.axes[0].get_xticks()
+    assert len(ticks) and all(float(tick).is_integer() for tick in ticks)
+    effects = plots.plot_grey_effects(trials)
+    effects.canvas.draw()
+    weight_axis = effects.axes[len(effects.axes) - len(plots.GREY_PARAMETERS)]  # bottom row, grey_weight column
+    shown = [label.get_text() for label in weight_axis.get_xticklabels() if label.get_text()]
+    assert weight_axis.get_xscale() == "log" and len(shown) >= 3, shown
+    models, _, _ = models_tables()
+    models["real_grey_fraction"] = 0.48
+    panels = plots.plot_model_metrics(models)
+    grey = next(axis for axis in panels.axes if axis.get_title().startswith("grey_fraction"))
+    assert "lower is better" not in grey.get_title() and "real data" in grey.get_title()
+    assert [line.get_ydata()[0] for line in grey.get_lines() if line.get_label() == "real data (grey_fraction)"] == [0.48]
+    assert any(axis.get_title().startswith("grey_gap (lower is better)") for axis in panels.axes)
+    few = plots.plot_parameter_importance(trials.head(5), grey_spec)
+    assert few.axes[0].get_title() == "from 5 finished trials: too little evidence (fewer than 8)"

@@ -199,3 +199,84 @@ def test_front_examples_show_the_trade_off():
     assert picked == [("best fid", "blurry"), ("best grey_fraction", "sharp"), ("closest to real ink", "real")]
     assert front_examples(trials, {"metrics": ["fid"], "modes": ["min"]}) == []
     assert [r for r, _ in front_examples(trials.drop(columns="ink_w1"), spec)][-1] == "best thickness_mae"
+
+
+@pytest.fixture(scope="module")
+def seed_studies(studies, study_cli, write_space, tiny_fixed):
+    """(seed 2 of the tiny preset grid as a study of its own, the same grid run with seeds 0-2 at once)."""
+    root = studies[0].parent
+    for name, seeds in (("tiny_more", "repeats: 1, first_seed: 2"), ("tiny_all", "repeats: 3")):
+        space = write_space(root, name, f"""
+            name: {name}
+            fixed: {tiny_fixed}
+            parameters:
+              preset: {{values: [model_1, model_2]}}
+            search: {{algorithm: grid, {seeds}, max_concurrent: 2}}
+            scheduler: {{type: fifo, max_epochs: 1}}
+        """)
+        result = study_cli("--space", space, results=root)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "tiny_more", root / "tiny_all"
+
+
+def test_pooled_seeds_equal_one_study_with_all_the_seeds(studies, seed_studies, tmp_path):
+    models, _ = studies
+    more, everything = seed_studies
+    pooled = tmp_path / "pooled"
+    result = report(models, "--pool", more, "--out", pooled, "--no-details")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report(everything, "--no-details").returncode == 0
+    columns = ["param_preset", "param_seed", "test_fid", "test_class_parity", "test_grey_gap", "val_elbo"]
+    one, two = (pd.read_csv(folder / "trials.csv").sort_values(columns[:2])[columns].reset_index(drop=True)
+                for folder in (pooled, everything))
+    pd.testing.assert_frame_equal(one, two)  # one seed fixes everything: the same trials, bitwise
+    assert set(pd.read_csv(pooled / "trials.csv")["study"]) == {"tiny_models", "tiny_more"}
+
+    def decided(folder):  # the model table and the verdicts, without the lines that name the study
+        lines = (folder / "summary.md").read_text().splitlines()
+        return [line for line in lines if line.startswith(("| ", "- ("))]
+
+    assert decided(pooled) == decided(everything) and any("seeds" in line for line in decided(pooled))
+
+
+def test_pooling_studies_of_another_design_is_refused(studies, seed_studies, tmp_path):
+    import json
+    import shutil
+
+    models, grey = studies
+    more, _ = seed_studies
+    other = shutil.copytree(more, tmp_path / "other_data")
+    spec = json.loads((other / "study.json").read_text())
+    spec["fixed"]["max_train_samples"] = 500  # trained on other digits: not the same experiment
+    (other / "study.json").write_text(json.dumps(spec))
+    for extra, message in ((other, "fixed is"), (grey, "cannot pool tiny_grey"), (models, "different folder names")):
+        result = report(models, "--pool", extra, "--out", tmp_path / "pooled", "--no-details")
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    repeated = shutil.copytree(models, tmp_path / "same_seeds")
+    result = report(models, "--pool", repeated, "--out", tmp_path / "pooled", "--no-details")
+    assert result.returncode == 2 and "both ran model_1 with seed 0" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "pooled" / "trials.csv").exists()
+
+
+def test_every_command_is_quiet(studies, tmp_path, noise_in):
+    """--help and a real run of each command: no library start-up line, warning or traceback on the console."""
+    _, grey = studies
+    helps = [[*command, "--help"] for command in (["study/run.py"], ["study/best.py"], ["study/sample.py"],
+                                                 ["study/report.py"], ["-m", "cvae.train"], ["-m", "cvae.sample"],
+                                                 ["-m", "study.cli"])]
+    runs = [["study/best.py", grey], ["study/sample.py", grey, "--out", tmp_path / "best.png"],
+            ["study/report.py", grey, "--refresh-details"],
+            ["-m", "cvae.train", "--dataset", "mnist-5k", "--max-train-samples", "300", "--epochs", "1", "--quiet",
+             "--set", "eval_samples=200", "--set", "sweep_latents=2", "--set", "width=0.5", "--set", "latent_dim=8",
+             "--out", tmp_path / "run"]]
+    for command in helps + runs:
+        result = subprocess.run([sys.executable, *map(str, command)], cwd=REPO, capture_output=True, text=True,
+                                timeout=600, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        assert result.stdout.strip() and not noise_in(result.stdout + result.stderr), (command, result.stderr[-3000:])
+    # a reader that goes away (`cvae-study best ... | head`): a quiet exit with the shell's code for it
+    reader_gone = subprocess.Popen([sys.executable, "-m", "study.cli", "best", str(grey)], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader_gone.stdout.close()
+    assert reader_gone.wait(timeout=60) == 141 and not reader_gone.stderr.read()
