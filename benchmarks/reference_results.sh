@@ -21,9 +21,19 @@ declare -A command=(
   [grey_loss]="--space grey_loss.yaml --dataset mnist-5k"
   [grey_warmup]="--space grey_warmup.yaml --dataset mnist-5k"
   [pareto]="--space pareto.yaml --dataset mnist-5k"
+  # More seeds for claim (b) (global vs per-class normalisation), pooled below with Model 1-5's seeds 0-2
+  [models_1_2_seeds]="--space models_1_2_seeds.yaml --dataset mnist-5k"
+  [models_1_2_seeds_fashion]="--space models_1_2_seeds.yaml --dataset fashion-mnist --max-train-samples $FASHION_SAMPLES --repeats 2"
+  [grey_warmup_fashion]="--space grey_warmup.yaml --dataset fashion-mnist --max-train-samples $FASHION_SAMPLES"
   [smoke_check]="--space smoke.yaml --dataset mnist-5k"
 )
-order=(models_1_to_5_fashion models_1_to_5 grey_loss grey_warmup pareto)
+order=(models_1_to_5_fashion models_1_to_5 grey_loss grey_warmup pareto models_1_2_seeds models_1_2_seeds_fashion
+       grey_warmup_fashion)
+# pooled study <- the studies it pools (same design, new seeds): written by report.py once all of them exist
+declare -A pooled=(
+  [models_1_to_5_pooled]="models_1_to_5 models_1_2_seeds"
+  [models_1_to_5_fashion_pooled]="models_1_to_5_fashion models_1_2_seeds_fashion"
+)
 studies=("${@:-${order[@]}}")
 for name in "${studies[@]}"; do
   if [[ -z "${command[$name]:-}" ]]; then
@@ -42,4 +52,10 @@ for name in "${studies[@]}"; do
   python study/report.py "$out/$name"
   done_at=$(date +%s)
   echo "$name: study $((trained - start)) s, report $((done_at - trained)) s" | tee -a "$out/timings.txt"
+done
+for name in "${!pooled[@]}"; do
+  read -r first more <<< "${pooled[$name]}"
+  if [[ -d "$out/$first" && -d "$out/$more" ]]; then
+    python study/report.py "$out/$first" --pool "$out/$more" --out "$out/$name" --no-details
+  fi
 done

@@ -13,7 +13,7 @@ from cvae.data import class_name
 from cvae.metrics import METRICS
 from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split,
                            param_column, real_level, split_label, with_models)
-from study.statistics import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
+from study.evidence import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
                               WelchDifference, holm)
 
 CLAIMS = {

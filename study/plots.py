@@ -15,7 +15,7 @@ from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
 from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
-from study.statistics import mean_interval
+from study.evidence import mean_interval
 
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pandas as pd
 from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.metrics import TEST_PREFIX
 from study.results import (BEST_RULE, DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE,
-                           SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
-                           provisional_note, read_table, real_level, resolve_path, split_label, trial_params)
+                           SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, checkpoint_within,
+                           incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
+                           provisional_note, read_table, real_level, replace_atomically, split_label, trial_params)
 
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
 
@@ -40,14 +42,44 @@ def sample_key(kind: str, trial_id: str) -> str:
     return f"{kind}__{trial_id}"
 
 
+DETAIL_COLUMNS = ("trial_id", "digit", "requested_thickness", "measured_thickness", "relative_width",
+                  "real_relative_width")
+MAX_GRIDS = 10_000  # sample grids in samples.npz: one or two per trial
+
+
 def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """(details.csv, samples.npz) of a results folder; empty if they were never collected."""
+    """(details.csv, samples.npz) of a results folder; empty if they were never collected.
+
+    Raises:
+        ValueError if either is not what report.py writes (a received folder is untrusted: nothing is unpickled).
+    """
     folder = Path(folder)
-    details = read_table(folder / DETAILS_FILE)
+    try:
+        details = read_table(folder / DETAILS_FILE)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError) as error:
+        raise ValueError(f"{folder / DETAILS_FILE} is malformed ({str(error).splitlines()[0][:120]})") from None
+    if not details.empty:
+        lacking = [c for c in DETAIL_COLUMNS if c not in details]
+        numbers = details[[c for c in DETAIL_COLUMNS[1:] if c in details]].apply(pd.to_numeric, errors="coerce")
+        if lacking or (numbers.isna() & details[numbers.columns].notna()).any().any():
+            raise ValueError(f"{folder / DETAILS_FILE} is not a details table (it needs numeric "
+                             f"{', '.join(DETAIL_COLUMNS[1:])}); delete it and run report.py again")
+        details[numbers.columns] = numbers
     grids = {}
     if (folder / SAMPLES_FILE).is_file():
-        with np.load(folder / SAMPLES_FILE) as stored:
-            grids = {key: stored[key] for key in stored.files}
+        try:
+            with np.load(folder / SAMPLES_FILE, allow_pickle=False) as stored:
+                if len(stored.files) > MAX_GRIDS:
+                    raise ValueError(f"it holds {len(stored.files)} arrays")
+                grids = {key: stored[key] for key in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+            raise ValueError(f"{folder / SAMPLES_FILE} is not a samples archive report.py wrote "
+                             f"({str(error).splitlines()[0][:120]})") from None
+        for key, grid in grids.items():
+            if (grid.dtype != np.uint8 or grid.ndim != 4 or grid.shape[2:] != (28, 28) or not 1 <= grid.shape[0] <= 1000
+                    or not 1 <= grid.shape[1] <= 41 or "__" not in key):
+                raise ValueError(f"{folder / SAMPLES_FILE}: {key[:60]!r} is not a sample grid (uint8 rows x thickness "
+                                 f"x 28 x 28); delete it and run report.py again")
     return details, grids
 
 
@@ -62,7 +94,7 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
     finished = trials[trials["status"].isin(FINISHED) & trials["checkpoint"].notna() & ~trials["trial_id"].isin(done)]
     todo, missing = [], []
     for _, trial in finished.iterrows():
-        checkpoint = final_checkpoint(resolve_path(folder, trial["checkpoint"]))
+        checkpoint = final_checkpoint(checkpoint_within(folder, trial["checkpoint"], spec))
         if checkpoint is None:
             missing.append(trial["trial_id"])
         else:
@@ -73,7 +105,7 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
     try:
         best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
         best_folder = (None if sample_key(BEST, best["trial_id"]) in grids
-                       else _model_folder(resolve_path(folder, best["checkpoint"])))
+                       else _model_folder(checkpoint_within(folder, best["checkpoint"], spec)))
     except (ValueError, TypeError):  # no finished trial yet, or no checkpoint recorded
         best_folder = None
     if not todo and best_folder is None:
@@ -266,14 +298,14 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
     if figure_names:
         lines += ["## Figures", ""] + [f"![{name}]({FIGURES_DIR}/{name}.png)" for name in figure_names] + [""]
     text = "\n".join(lines)
-    (folder / SUMMARY_FILE).write_text(text)
+    replace_atomically(text, folder / SUMMARY_FILE)  # replaces a link instead of writing through it
     return text
 
 
 def verdict_rules() -> str:
     """How the verdicts above were decided, with the thresholds they used."""
     from study.claims import MIN_EPOCHS, MIN_SEEDS, MIN_TRIALS, RESPECTED_CORRELATION
-    from study.statistics import ALPHA, CONFIDENCE, TARGET_POWER
+    from study.evidence import ALPHA, CONFIDENCE, TARGET_POWER
 
     return (f"Verdict rules: an effect is a difference of means over seeds (Welch; within trials: paired) or a "
             f"Spearman correlation, with its {CONFIDENCE:.0%} interval (t-based; Fisher z for correlations). The "
@@ -406,10 +438,13 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if args.no_details:
-        details, grids = load_details(folder)
-    else:
-        details, grids = collect_details(folder, trials, spec, refresh=args.refresh_details)
+    try:
+        if args.no_details:
+            details, grids = load_details(folder)
+        else:
+            details, grids = collect_details(folder, trials, spec, refresh=args.refresh_details)
+    except ValueError as error:  # a received folder's details or checkpoint paths are not what report.py wrote
+        fail(str(error))
     figures = make_figures(trials, epochs, details, grids, spec)
     (folder / FIGURES_DIR).mkdir(exist_ok=True)
     for name, figure in figures.items():

@@ -23,6 +23,7 @@ PARAM_PREFIX = "param_"
 FLAGS_KEY = "flags"  # study.json: the command-line flags a --resume must repeat
 STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
 ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
+RETRIES_KEY = "retries"  # trials.csv: why Tune restarted a trial from its checkpoint (a lost worker or node), "; "-joined
 # A trial's status in trials.csv. Epoch rows carry cvae.train's own (running / completed / diverged); the
 # study adds what only it knows. Nothing else is ever written, and nothing is relabelled.
 STATUS_PRUNED = "pruned"  # the scheduler (ASHA) stopped it; never anything else
@@ -47,6 +48,7 @@ class TrialRecord:
     interrupted: bool = False  # it was running when the driver stopped
     planned_epochs: int | None = None
     started_at: float | None = None  # unix time Tune first started it (kept across resumes): the start order
+    retries: list = field(default_factory=list)  # why each restart from a checkpoint happened (worker_loss_cause)
 
 
 def trial_status(record: TrialRecord) -> str:
@@ -98,6 +100,7 @@ def trial_row(record: TrialRecord) -> dict:
         "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
         "dataset_source": last.get("dataset_source"), CLASSIFIER_ACCURACY: last.get(CLASSIFIER_ACCURACY, np.nan),
         "checkpoint": record.checkpoint, ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
+        RETRIES_KEY: "; ".join(record.retries) or None,
     }
     summary.update({name: last.get(name, np.nan) for name in METRICS})
     summary.update({REAL_PREFIX + name: last.get(REAL_PREFIX + name, np.nan) for name in REAL_METRICS})
@@ -217,15 +220,27 @@ def load_records(folder: Path) -> list[TrialRecord]:
             checkpoint=trial["checkpoint"] if isinstance(trial.get("checkpoint"), str) else None,
             pruned=trial["status"] == STATUS_PRUNED, interrupted=trial["status"] == STATUS_INTERRUPTED,
             planned_epochs=_plain(trial.get("epochs_planned")),
-            started_at=None if _missing(trial.get(STARTED_AT)) else float(trial[STARTED_AT])))
+            started_at=None if _missing(trial.get(STARTED_AT)) else float(trial[STARTED_AT]),
+            retries=trial[RETRIES_KEY].split("; ") if isinstance(trial.get(RETRIES_KEY), str) else []))
     return records
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV table of a results folder; empty if missing or empty."""
+    """A CSV table of a results folder; empty if missing or empty.
+
+    The epoch log grows one whole line per write while a study runs: a reader that catches a line mid-write reads
+    the log up to its last complete line (the snapshot it would have read a moment earlier).
+    """
     try:
-        return pd.read_csv(path, dtype={"trial_id": str})  # an all-digit id must not turn into a number
-    except (FileNotFoundError, pd.errors.EmptyDataError):
+        with open(path, "rb") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return pd.DataFrame()
+    if Path(path).name == EPOCHS_FILE and text and not text.endswith(b"\n"):
+        text = text[: text.rfind(b"\n") + 1]
+    try:
+        return pd.read_csv(io.BytesIO(text), dtype={"trial_id": str})  # an all-digit id must not become a number
+    except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
 
@@ -289,19 +304,93 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if missing:
         raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
                          f"run python study/run.py --space FILE first")
+    check_own_files(folder)
     try:
         spec = json.loads((folder / SPEC_FILE).read_text())
-        if not isinstance(spec, dict) or not {"name", "metrics", "modes"} <= set(spec):
-            raise ValueError("not a study description")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{folder / SPEC_FILE} is damaged ({error}); it is written when a study starts") from None
-    try:
-        trials, epochs = read_table(folder / TRIALS_FILE), read_table(folder / EPOCHS_FILE)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{folder}: a table is malformed ({str(error).splitlines()[0][:120]}); "
-                         "it may have been cut short or edited") from None
+        check_study_record(spec)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"{folder / SPEC_FILE} is damaged ({str(error)[:160]}); it is written when a study "
+                         "starts") from None
+    tables = {}
+    for name in (TRIALS_FILE, EPOCHS_FILE):
+        try:
+            tables[name] = read_table(folder / name)
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{folder / name} is malformed ({str(error).splitlines()[0][:120]}); "
+                             "it may have been cut short or edited") from None
+    trials, epochs = tables[TRIALS_FILE], tables[EPOCHS_FILE]
     check_tables(trials, epochs, folder)
     return with_derived_metrics(trials), with_derived_metrics(epochs), spec
+
+
+# A results folder may come from someone else: what it may hold, at most.
+MAX_TABLE_BYTES = 1 << 30  # a CSV table (10,000 trials x 50 epochs of ~1.5 KB rows is ~0.75 GB)
+MAX_RECORD_BYTES = 1 << 20  # study.json
+MAX_CELL = 4096  # characters in one cell of a table (an error message is cut at 300)
+OWN_FILES = (TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR)
+
+
+def check_own_files(folder: Path) -> None:
+    """Refuse a folder whose files are links (reading or writing them would reach outside it), or too large to be
+    a study's."""
+    for name in OWN_FILES:
+        path = folder / name
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link; a results folder holds its own files (nothing is read or "
+                             "written outside it)")
+        limit = MAX_RECORD_BYTES if name == SPEC_FILE else MAX_TABLE_BYTES
+        if path.is_file() and path.stat().st_size > limit:
+            raise ValueError(f"{path} is {path.stat().st_size / 1e6:.0f} MB, larger than a study's "
+                             f"{name} can be ({limit / 1e6:.0f} MB)")
+    figures = folder / FIGURES_DIR
+    if figures.is_dir() and any(path.is_symlink() for path in figures.iterdir()):
+        raise ValueError(f"{figures} holds symbolic links; a results folder holds its own files")
+
+
+def check_study_record(spec) -> None:
+    """study.json must describe a study: a name, objectives with modes, a known search, parameters with names."""
+    from cvae.metrics import METRICS as KNOWN
+
+    if not isinstance(spec, dict):
+        raise ValueError("not a study description")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ValueError("'name' must be text")
+    metrics, modes = spec.get("metrics"), spec.get("modes")
+    if (not isinstance(metrics, list) or not metrics or not isinstance(modes, list) or len(modes) != len(metrics)
+            or not all(isinstance(m, str) and m in KNOWN for m in metrics)
+            or not all(mode in ("min", "max") for mode in modes)):
+        raise ValueError("'metrics' and 'modes' must be lists of known metrics and min/max of one length")
+    if spec.get("algorithm") not in ("grid", "optuna"):
+        raise ValueError(f"'algorithm' must be grid or optuna, got {str(spec.get('algorithm'))[:40]!r}")
+    parameters = spec.get("parameters", [])
+    if not isinstance(parameters, list) or not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+                                                   and isinstance(p.get("distribution"), str) for p in parameters):
+        raise ValueError("'parameters' must be a list of {name, distribution, ...}")
+    for key in ("repeats", "num_samples"):
+        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < 0):
+            raise ValueError(f"'{key}' must be a whole number")
+    if not isinstance(spec.get("path", ""), str) or not isinstance(spec.get("description", ""), str):
+        raise ValueError("'path' and 'description' must be text")
+
+
+def checkpoint_within(folder: Path, path, spec: dict) -> Path:
+    """A trials.csv checkpoint as a local folder that lies inside the results folder or the study's own recorded
+    --storage-path; a received table cannot point a command elsewhere (`../`, absolute paths, links).
+
+    Raises:
+        ValueError naming the path when it leaves both.
+    """
+    resolved = resolve_path(folder, path)
+    if resolved is None:
+        raise ValueError("no checkpoint recorded")
+    storage = (spec.get(FLAGS_KEY) or {}).get("storage_path") if isinstance(spec.get(FLAGS_KEY), dict) else None
+    roots = [Path(folder).resolve()] + ([Path(storage).resolve()] if isinstance(storage, str) and storage
+                                       and "://" not in storage else [])
+    real = Path(os.path.realpath(resolved))
+    if not any(real == root or root in real.parents for root in roots):
+        raise ValueError(f"checkpoint {str(path)[:200]!r} lies outside the results folder and the study's storage "
+                         "path; a received results folder cannot point elsewhere")
+    return resolved
 
 
 def with_derived_metrics(frame: pd.DataFrame) -> pd.DataFrame:
@@ -329,10 +418,12 @@ def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> No
                          "the table is cut short or was edited")
     if trials["trial_id"].isna().any() or trials["trial_id"].duplicated().any():
         raise ValueError(f"{where}: trial ids are missing or repeated")
+    _check_numbers(trials, where)
     if epochs.empty:
         return
     if "trial_id" not in epochs or "epoch" not in epochs:
         raise ValueError(f"{folder / EPOCHS_FILE} lacks trial_id/epoch columns: it is cut short or not an epochs table")
+    _check_numbers(epochs, f"{folder / EPOCHS_FILE}")
     strangers = sorted(set(epochs["trial_id"].astype(str)) - set(trials["trial_id"].astype(str)))
     if strangers:
         raise ValueError(f"{where} lacks {len(strangers)} trial(s) that epochs.csv holds (e.g. {strangers[0]}): "
@@ -347,6 +438,26 @@ def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> No
         trial = disagree[0]
         raise ValueError(f"{where}: trial {trial} ran {runs[trial]:.0f} epoch(s) but epochs.csv holds "
                          f"{last_epoch[trial]}; the tables disagree (cut short or edited)")
+
+
+def _check_numbers(table: pd.DataFrame, where: str) -> None:
+    """Every metric, epoch count and real-data level must be a number (NaN allowed: not measured) in its range; a
+    column of text is a damaged or hand-edited table, and would fail deep inside pandas or a plot."""
+    numeric = [c for c in table if c in METRICS or c.startswith(REAL_PREFIX) or c in (
+        "epoch", "epochs_run", CLASSIFIER_ACCURACY, "wall_time_s")]
+    for column in numeric:
+        values = pd.to_numeric(table[column], errors="coerce")
+        if (values.isna() & table[column].notna()).any():
+            bad = table.loc[values.isna() & table[column].notna(), column].iloc[0]
+            raise ValueError(f"{where}: column {column} holds {str(bad)[:40]!r}, not a number")
+        if np.isinf(values).any():
+            raise ValueError(f"{where}: column {column} holds an infinite value (NaN marks an unmeasured one)")
+        if column in ("epoch", "epochs_run") and ((values < 0) | (values > 1_000_000)).any():
+            raise ValueError(f"{where}: column {column} holds a value outside [0, 1000000]")
+        table[column] = values
+    for column in table.select_dtypes(exclude="number"):
+        if table[column].dropna().astype(str).str.len().gt(MAX_CELL).any():
+            raise ValueError(f"{where}: column {str(column)[:40]} holds a value longer than {MAX_CELL:,} characters")
 
 
 def planned_trials(spec: dict) -> int:

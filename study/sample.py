@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from cvae.cli import ArgumentParser, exit_with, fail
-from study.results import best_trial, incomplete_note, load_results, resolve_path
+from study.results import best_trial, checkpoint_within, incomplete_note, load_results
 
 
 def main(argv=None, prog: str = "python study/sample.py") -> int:
@@ -35,7 +35,10 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
             raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
     except ValueError as error:
         fail(str(error))
-    checkpoint = resolve_path(args.results, row["checkpoint"])
+    try:
+        checkpoint = checkpoint_within(args.results, row["checkpoint"], spec)
+    except ValueError as error:
+        fail(str(error))
     print(f"trial {row['trial_id']}: {checkpoint}")
     chosen = "chosen with --trial" if args.trial else f"best by validation {spec['metrics'][0]}"
     title = (f"study {spec['name']}, trial {row['trial_id']} ({chosen}; {row['status']} after "

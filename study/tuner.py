@@ -213,7 +213,9 @@ class StudyProgress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
-        record.error = error_message(trial)
+        record.error = worker_loss_cause(error_message(trial)) or error_message(trial)
+        if record.retries:
+            record.error += f" (after {len(record.retries)} retr{'y' if len(record.retries) == 1 else 'ies'})"
         self._line(trial, f"error: {record.error}")
         self._write(soon=True)
         self._ended(record)
@@ -243,7 +245,28 @@ class StudyProgress(tune.Callback):
         print(f"[{elapsed:6.0f}s] {line}", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._line(trial, "lost its worker; retrying from its last checkpoint")
+        record = self._record(trial)
+        cause = worker_loss_cause(error_message(trial)) or "its worker or node was lost"
+        record.retries.append(f"{cause} after epoch {len(record.rows)}")
+        self._line(trial, f"{cause}; retrying from its last checkpoint")
+        self._write(soon=True)
+
+
+def worker_loss_cause(message: str) -> str | None:
+    """What a lost worker's error means to a user (None if the message is not about a lost worker).
+
+    A process killed by signal 9 while its node lives on is most often the kernel's out-of-memory killer (or
+    `kill -9`); a lost node takes its workers with it. Ray says so in ActorDiedError / NodeDiedError messages.
+    """
+    text = message or ""
+    if "NodeDiedError" in text or "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower()):
+        return "node lost"
+    if "ActorDiedError" in text or "died unexpectedly" in text or "SIGKILL" in text:
+        signal = "signal 9; out of memory?" if ("SIGKILL" in text or "signal 9" in text or "OOM" in text
+                                                or "out of memory" in text.lower() or "killed" in text.lower()) \
+            else "it exited unexpectedly"
+        return f"worker killed ({signal})"
+    return None
 
 
 def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_run: int, elapsed: float) -> str:

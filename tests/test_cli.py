@@ -49,3 +49,10 @@ def test_error_cause_is_the_exception_line_without_colour_codes():
     assert error_cause("no exception here\nlast line", "unknown") == "last line"
     assert error_cause("", "unknown") == "unknown"
     assert len(error_cause("ValueError: " + "x" * 1000, "")) == 300
+
+
+def test_no_module_shadows_the_standard_library():
+    """`python study/report.py` puts study/ first on sys.path: a study/statistics.py once hid the standard library's
+    statistics module from seaborn."""
+    modules = {path.stem for folder in ("cvae", "study") for path in (REPO / folder).glob("*.py")}
+    assert not modules & set(sys.stdlib_module_names), modules & set(sys.stdlib_module_names)

@@ -223,9 +223,11 @@ def test_pooled_seeds_equal_one_study_with_all_the_seeds(studies, seed_studies, 
     models, _ = studies
     more, everything = seed_studies
     pooled = tmp_path / "pooled"
+    for folder in (models, more, everything):  # each study's sweeps and samples, drawn from its checkpoints
+        assert report(folder).returncode == 0
     result = report(models, "--pool", more, "--out", pooled, "--no-details")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert report(everything, "--no-details").returncode == 0
+    assert report(pooled, "--no-details").returncode == 0  # a pooled folder is a results folder like any other
     columns = ["param_preset", "param_seed", "test_fid", "test_class_parity", "test_grey_gap", "val_elbo"]
     one, two = (pd.read_csv(folder / "trials.csv").sort_values(columns[:2])[columns].reset_index(drop=True)
                 for folder in (pooled, everything))

@@ -160,3 +160,14 @@ def test_shipped_results_hold_no_path_of_the_machine_that_made_them():
     found = [(path.relative_to(REPO), marker) for path in shipped for marker in forbidden
              if marker in path.read_text(errors="replace")]
     assert not found
+
+
+def test_a_reader_that_catches_the_log_mid_line_reads_its_complete_lines(tmp_path):
+    from study.results import EPOCHS_FILE, read_table
+
+    path = tmp_path / EPOCHS_FILE
+    path.write_text("trial_id,epoch,fid\n0001,1,50.5\n0001,2,4")  # the driver's write of epoch 2 under way
+    table = read_table(path)
+    assert list(table["epoch"]) == [1] and table["trial_id"].tolist() == ["0001"]
+    path.write_text("trial_id,epoch,fid\n0001,1,50.5\n0001,2,40.25\n")
+    assert list(read_table(path)["fid"]) == [50.5, 40.25]

@@ -540,3 +540,85 @@ def test_a_reused_workers_retracing_warning_stays_off_the_console_unless_verbose
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("triggered tf.function retracing" in done.stdout + done.stderr) == (verbose == "1")
+
+
+def _trial_workers(session: int) -> list:
+    """The trial worker processes (Ray's `ray::ImplicitFunc`) that a driver started in its own session."""
+    import psutil
+
+    workers = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if (process.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc") and os.getsid(process.pid) == session:
+                workers.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return workers
+
+
+def test_a_killed_trial_worker_is_retried_and_a_repeated_kill_ends_the_trial(tmp_path, write_space, tiny_fixed):
+    """SIGKILL of a trial's worker process while its node lives on (what the OOM killer does): the trial continues
+    from its newest checkpoint and its row says why; killed again and again it ends `error` with that cause after
+    Tune's retries, and the study goes on."""
+    space = write_space(tmp_path, "killed", f"""
+        name: killed
+        base: model_4
+        fixed: {tiny_fixed}
+        parameters:
+          grey_weight: {{values: [0.1, 0.2]}}
+        search: {{algorithm: grid, repeats: 1, max_concurrent: 1}}
+        scheduler: {{type: fifo, max_epochs: 4}}
+    """)
+    log = tmp_path / "driver.log"
+    driver = _start(space, tmp_path, log.name)
+    kills, readings = [], []
+
+    def read_while_it_runs():  # the analysis commands, again and again, while the study writes its tables
+        while driver.poll() is None:
+            for command in (["study/best.py"], ["study/report.py", "--no-details"]):
+                if (tmp_path / "killed" / "trials.csv").exists():
+                    readings.append(subprocess.run([sys.executable, *command, str(tmp_path / "killed")], cwd=REPO,
+                                                   capture_output=True, text=True, timeout=120))
+            time.sleep(1)
+
+    import threading
+
+    reader = threading.Thread(target=read_while_it_runs)
+    reader.start()
+
+    def kill_after(pattern):  # wait for a line, then kill the one trial worker (max_concurrent 1)
+        _wait_for(lambda: True if re.search(pattern, log.read_text()) else None, 300, pattern)
+        workers = _wait_for(lambda: _trial_workers(driver.pid) or None, 120, "a trial worker")
+        assert len(workers) == 1, workers
+        workers[0].kill()
+        kills.append(workers[0].pid)
+
+    try:
+        kill_after(r"_00000 epoch 2/4")  # the first trial, once
+        kill_after(r"_00001 epoch 1/4")  # the second, until Tune's retries (2) are spent
+        kill_after(r"_00001 worker killed.*retrying")
+        kill_after(r"_00001 worker killed.*retrying(.|\n)*_00001 worker killed.*retrying")
+        returncode = driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        reader.join()
+    console = log.read_text()
+    assert returncode == 1, console[-4000:]  # a trial ended in error: the study went on and said so
+    # Readers during the run: a consistent snapshot each time (never a damaged table), unfinished work said first
+    assert len(readings) >= 4
+    for reading in readings:
+        assert reading.returncode in (0, 2) and "Traceback" not in reading.stderr, reading.stderr[-2000:]
+        assert reading.returncode == 0 or "no completed or pruned trial" in reading.stderr, reading.stderr
+        assert reading.stdout.startswith("incomplete: ") or "incomplete" not in reading.stdout, reading.stdout
+    assert sum(reading.stdout.startswith("incomplete: ") for reading in readings) >= 3
+    trials = pd.read_csv(tmp_path / "killed" / "trials.csv").set_index("param_grey_weight")
+    once, repeated = trials.loc[0.1], trials.loc[0.2]
+    assert once["status"] == "completed" and once["retries"].startswith("worker killed (signal 9; out of memory?)"), \
+        console[-4000:]
+    assert repeated["status"] == "error" and repeated["error"].startswith("worker killed (signal 9; out of memory?)")
+    assert "after 2 retries" in repeated["error"], repeated["error"]
+    epochs = pd.read_csv(tmp_path / "killed" / "epochs.csv")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(epochs.loc[epochs["trial_id"] == once["trial_id"], "epoch"]) == [1, 2, 3, 4]  # resumed, not restarted
