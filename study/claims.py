@@ -11,7 +11,7 @@ import pandas as pd
 
 from cvae.data import class_name
 from cvae.metrics import METRICS
-from study.results import (FINISHED, MODEL, STATUS_COMPLETED, STATUS_PRUNED, on_test_split,
+from study.results import (FINISHED, MODEL, SEED_PARAMETER, STATUS_COMPLETED, STATUS_PRUNED, on_test_split,
                            param_column, real_level, split_label, with_models)
 from study.evidence import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
                               WelchDifference, holm)
@@ -85,7 +85,7 @@ class Finding:
 
 
 def compare(frame: pd.DataFrame, metric: str, candidate, reference, column: str = MODEL,
-            labels: tuple[str, str] | None = None, unit: str = "seeds per model") -> Finding:
+            labels: tuple[str, str] | None = None, unit: str = "seeds per model", name: str | None = None) -> Finding:
     """Welch's difference of `metric` between the rows whose `column` is `candidate` and those that are `reference`
     (lower is better for a "min" metric)."""
     values = {name: frame.loc[frame[column] == name, metric].astype(float).dropna().to_numpy()
@@ -93,7 +93,7 @@ def compare(frame: pd.DataFrame, metric: str, candidate, reference, column: str 
     names = labels or (str(candidate), str(reference))
     means = [f"{np.mean(values[name]):.4g}" if len(values[name]) else "–" for name in (candidate, reference)]
     lower_is_better = METRICS[metric].mode == "min" if metric in METRICS else True
-    return Finding(f"{metric} {names[0]} {means[0]} vs {names[1]} {means[1]}",
+    return Finding(f"{name or metric} {names[0]} {means[0]} vs {names[1]} {means[1]}",
                    WelchDifference(values[candidate], values[reference], unit), -1 if lower_is_better else 1)
 
 
@@ -161,6 +161,13 @@ def side_by_side(verdicts: dict[str, list[Verdict]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("claim")
 
 
+def with_claim_from(verdicts: list[Verdict], other: list[Verdict], claim: str) -> list[Verdict]:
+    """`verdicts` with `claim`'s verdict taken from another study of the same data (e.g. (e) from grey_warmup, since
+    no Model 1-5 preset applies the grey loss from epoch 1)."""
+    taken = [v for v in other if v.claim == claim]
+    return [v for v in verdicts if v.claim != claim] + taken if taken else verdicts
+
+
 def digit_excess(details: pd.DataFrame, digit: int = 1) -> pd.DataFrame:
     """Per trial: the digit's generated relative stroke width minus the real one, averaged over thickness."""
     rows = details[details["digit"] == digit]
@@ -187,14 +194,17 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
         findings["b"] = [compare(trials, "class_parity", "model_2", "model_1",
                                  labels=("model_2 (per_class)", "model_1 (global)"))]
         if details is not None and not details.empty:
-            excess = with_models(digit_excess(details).merge(trials[["trial_id", MODEL]], on="trial_id"))
+            keys = ["trial_id", MODEL, *([SEED_PARAMETER] if SEED_PARAMETER in trials else [])]
+            excess = with_models(digit_excess(details).merge(trials[keys], on="trial_id"))
+            if SEED_PARAMETER in excess:  # listed in seed order, whichever study (or pool) ran them
+                excess = excess.sort_values(SEED_PARAMETER, kind="stable")
             excess["abs_excess"] = excess["digit_excess"].abs()
             one_name = class_name(1, dataset_of(trials))
             global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"]
             notes["b"] = (f"{one_name} drawn {global_excess.mean():+.3f} relative width vs real under global "
                           f"(seeds {', '.join(f'{v:+.2f}' for v in global_excess)})")
             findings["b"].append(compare(excess, "abs_excess", "model_2", "model_1",
-                                         labels=(f"{one_name} |width excess| model_2", "model_1")))
+                                         name=f"|{one_name} width excess|"))
     pairs_c = [(a, b) for a, b in (("model_4", "model_2"), ("model_5", "model_3")) if {a, b} <= present]
     findings["c"] = [compare(trials, "grey_fraction", a, b) for a, b in pairs_c]
     pairs_d = [(a, b) for a, b in (("model_3", "model_2"), ("model_5", "model_4")) if {a, b} <= present]
@@ -210,7 +220,8 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
     else:
         verdicts.append(Verdict("b", "not tested", "needs model_1 (global) and model_2 (per_class)"))
     if "c" in findings:
-        side = [compare(trials, m, a, b).what for a, b in pairs_c for m in ("fid", "ink_w1", "grey_gap") if m in trials]
+        measured = [m for m in ("fid", "ink_w1", "grey_gap") if m in trials and trials[m].notna().all()]
+        side = [compare(trials, m, a, b).what for a, b in pairs_c for m in measured]
         verdicts.append(Verdict("c", _combine(findings["c"]),
                                 "; ".join(f.text() for f in findings["c"]) + _real_level(trials, "grey_fraction")
                                 + ". Side effects (sharper is not automatically more realistic): " + "; ".join(side)))

@@ -57,8 +57,12 @@ def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFra
     for metric in (m for m in metrics if m in frame):  # older tables lack newer metrics (e.g. val_elbo)
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)
+        table[f"{metric}_n"] = grouped[metric].count()  # seeds that measured it (a metric newer than some seeds)
         bounds = grouped[metric].apply(mean_interval)
-        table[f"{metric}_low"], table[f"{metric}_high"] = bounds.str[0], bounds.str[1]
+        spec = METRICS.get(metric)
+        low, high = (spec.low, spec.high) if spec else (-np.inf, np.inf)
+        table[f"{metric}_low"] = bounds.str[0].clip(lower=low)  # an interval inside the values the metric can take
+        table[f"{metric}_high"] = bounds.str[1].clip(upper=high)
     table["reported_loss"] = [REPORTED_TRAIN_LOSS.get(name, np.nan) for name in table.index]
     return table
 
@@ -70,7 +74,12 @@ def format_model_table(table: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.D
         column = {"seeds": f"{row['seeds']:.0f}", "epochs": f"{row['epochs']:.0f}"}
         for metric in (m for m in metrics if f"{m}_mean" in row):
             mean, low, high = row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"]
+            if not np.isfinite(mean):
+                column[metric] = "–"
+                continue
             column[metric] = f"{mean:.4g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else "")
+            if row[f"{metric}_n"] < row["seeds"]:
+                column[metric] += f" ({row[f'{metric}_n']:.0f} seeds)"
         column["reported loss (60k)"] = f"{row['reported_loss']:.2f}" if np.isfinite(row["reported_loss"]) else "–"
         cells[model] = column
     return pd.DataFrame(cells)

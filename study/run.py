@@ -327,6 +327,8 @@ def set_ray_environment(address: str | None, verbose: bool = False) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
     if not verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, hints or boxes from Tune
+        # A failed or lost trial is one line of ours (with its cause), not Tune's traceback as well
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # Tune's experiment snapshots: every trial checkpoint forces one (CheckpointConfig.num_to_keep=1, see
     # study.tuner.run_config), so a killed driver's resume knows every epoch that was checkpointed; between
     # checkpoints Tune's own "auto" period keeps snapshots under ~5 % of the driver's time. (A snapshot every

@@ -213,7 +213,7 @@ class StudyProgress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
-        record.error = worker_loss_cause(error_message(trial)) or error_message(trial)
+        record.error = worker_loss_cause(last_failure(trial)) or error_message(trial)
         if record.retries:
             record.error += f" (after {len(record.retries)} retr{'y' if len(record.retries) == 1 else 'ies'})"
         self._line(trial, f"error: {record.error}")
@@ -246,27 +246,40 @@ class StudyProgress(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         record = self._record(trial)
-        cause = worker_loss_cause(error_message(trial)) or "its worker or node was lost"
+        cause = worker_loss_cause(last_failure(trial)) or "its worker or node was lost"
         record.retries.append(f"{cause} after epoch {len(record.rows)}")
         self._line(trial, f"{cause}; retrying from its last checkpoint")
         self._write(soon=True)
 
 
-def worker_loss_cause(message: str) -> str | None:
-    """What a lost worker's error means to a user (None if the message is not about a lost worker).
+# What Ray writes when a trial's actor is gone (ray/_private and ray/exceptions.py in Ray 2.60): its node died, or
+# its worker process died while the node lived on. Kept as text: the exception reaches Tune's error file as text.
+NODE_LOST = ("its node has died", "NodeDiedError", "node died", "because its node")
+WORKER_LOST = ("its worker process has died", "Worker unexpectedly exits", "ActorDiedError", "died unexpectedly")
 
-    A process killed by signal 9 while its node lives on is most often the kernel's out-of-memory killer (or
-    `kill -9`); a lost node takes its workers with it. Ray says so in ActorDiedError / NodeDiedError messages.
+
+def worker_loss_cause(text: str) -> str | None:
+    """What a lost worker's error means to a user (None if the text is not about a lost worker or node).
+
+    A worker process that dies while its node lives on was, most often, killed by the kernel's out-of-memory
+    killer (signal 9), or by hand; a lost node takes its workers with it.
     """
-    text = message or ""
-    if "NodeDiedError" in text or "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower()):
+    text = text or ""
+    if any(marker in text for marker in NODE_LOST):
         return "node lost"
-    if "ActorDiedError" in text or "died unexpectedly" in text or "SIGKILL" in text:
-        signal = "signal 9; out of memory?" if ("SIGKILL" in text or "signal 9" in text or "OOM" in text
-                                                or "out of memory" in text.lower() or "killed" in text.lower()) \
-            else "it exited unexpectedly"
-        return f"worker killed ({signal})"
+    if any(marker in text for marker in WORKER_LOST):
+        return "worker killed (signal 9; out of memory?)"
     return None
+
+
+def last_failure(trial) -> str:
+    """The newest failure's whole text in Tune's error file (it appends one `Failure # N` block per failure)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    return text.rsplit("Failure # ", 1)[-1] or str(getattr(trial, "error_msg", "") or "")
 
 
 def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_run: int, elapsed: float) -> str:

@@ -103,7 +103,8 @@ def test_notebook_runs_headless_on_the_tiny_studies(studies, pareto_study):
     assert report(pareto).returncode == 0
     # the tiny preset grid stands in for both datasets' Model 1-5 studies
     environment = {"CVAE_MODELS_STUDY": str(models), "CVAE_GREY_STUDY": str(grey), "CVAE_WARMUP_STUDY": str(grey),
-                   "CVAE_FASHION_STUDY": str(models), "CVAE_PARETO_STUDY": str(pareto)}
+                   "CVAE_FASHION_STUDY": str(models), "CVAE_PARETO_STUDY": str(pareto),
+                   "CVAE_FASHION_WARMUP_STUDY": str(grey)}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # the kernel inherits the environment
     try:
