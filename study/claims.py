@@ -115,10 +115,12 @@ def _combine(findings: list[Finding]) -> str:
     if any(o == "worse" for o in outcomes) and not any(o == "better" for o in outcomes):
         return "contradicted"
     if UNDECIDED in outcomes:  # a part that more evidence could still turn either way
-        needed = [f.needed() for f in findings if f.outcome() == UNDECIDED]
-        known = [n for n in needed if n is not None]
-        return (f"undecided ({max(known)} {findings[0].effect.unit} would decide it)" if known and len(known) == len(needed)
-                else "undecided")
+        needed = sorted({f.needed() for f in findings if f.outcome() == UNDECIDED}, key=lambda n: n or math.inf)
+        unit = findings[0].effect.unit
+        if None in needed or not needed:
+            return "undecided"
+        return (f"undecided ({needed[0]} {unit} would decide it)" if len(needed) == 1 else
+                f"undecided ({needed[0]} to {needed[-1]} {unit} would decide its tests)")
     if any(o == "better" for o in outcomes):
         return "partly supported"
     return "not supported"

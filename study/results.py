@@ -511,8 +511,8 @@ def on_test_split(trials: pd.DataFrame) -> pd.DataFrame:
         return completed
     for test_name in TEST_METRICS:
         name = test_name.removeprefix(TEST_PREFIX)
-        if test_name in completed and name in completed:
-            completed[name] = completed[test_name]
+        if name in completed:  # a metric newer than the table was not measured on the test split: not validation's
+            completed[name] = completed[test_name] if test_name in completed else np.nan
     return completed
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -424,6 +425,44 @@ def start_ray(address: str | None, extra_env: dict, verbose: bool = False) -> No
           flush=True)
 
 
+EXIT_DISK_FULL = 1  # an error, not an interruption: the study stopped; --resume continues once space is freed
+WEIGHTS_MB = 18.0  # model_4's weights at width 1 (17.7-17.8 MB for latent 8-40); a checkpoint with Adam's state is 3x
+
+
+def disk_needed_mb(spec, keep_checkpoints: int) -> float:
+    """About how much a study's checkpoints take at their peak: every running trial holds its kept checkpoints
+    with optimizer state plus the one being written; an ended trial keeps its weights only."""
+    widths = [max(p.values) if p.values else p.high for p in spec.parameters if p.name == "width"]
+    width = max(widths or [spec.trial_config({}).width])
+    weights = WEIGHTS_MB * width**2
+    trials = len(spec.grid()) if spec.algorithm == "grid" else spec.num_samples
+    return spec.max_concurrent * (keep_checkpoints + 1) * 3 * weights + trials * keep_checkpoints * weights
+
+
+def check_free_space(spec, folder: Path, keep_checkpoints: int) -> None:
+    """Warn before anything runs when the folder that takes the checkpoints has less space than they need."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())  # tune/ is made later
+    needed, free = disk_needed_mb(spec, keep_checkpoints), shutil.disk_usage(existing).free / 1e6
+    if free < needed:
+        print(f"warning: this study's checkpoints need about {needed:,.0f} MB in {folder}, which has "
+              f"{free:,.0f} MB free; it stops when the disk fills (free space, then --resume)", file=sys.stderr,
+              flush=True)
+
+
+def stop_for_disk(error: Exception, results_dir: Path, storage_path: str, spec, args) -> int:
+    """The study stopped because a disk filled: one line saying which folder, how full, and how to continue."""
+    folder = getattr(error, "filename", None) or (storage_path if "://" not in storage_path else results_dir)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:,.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    needed = disk_needed_mb(spec, args.keep_checkpoints)
+    print(f"error: disk full: {folder} ({free}) could not take the study's next write, so it stopped; the tables "
+          f"hold every epoch written so far. Free about {needed:,.0f} MB there, then: python study/run.py --space "
+          f"{args.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
+    return EXIT_DISK_FULL
+
+
 def report_disk(experiment: str, results_dir: Path, records) -> None:
     """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
     again); then print what the study's checkpoints take on disk."""
@@ -516,7 +555,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
         probe_cluster(args.address, spec)
 
     from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
-    from study.storage import TUNER_STATE
+    from study.storage import TUNER_STATE, is_disk_full
     from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
     extra_env = check_download(spec)
@@ -528,6 +567,8 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
+    if "://" not in storage_path:
+        check_free_space(spec, Path(storage_path), args.keep_checkpoints)
     start_ray(args.address, extra_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
@@ -551,7 +592,12 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
     else:
         tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers,
                             args.keep_checkpoints)
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as error:  # noqa: BLE001 (only a full disk is handled here; anything else is re-raised)
+        if not is_disk_full(error):
+            raise
+        return stop_for_disk(error, results_dir, storage_path, spec, args)
     records = finish_records(grid, spec, load_records(results_dir))
     trials, _ = write_tables(results_dir, records)
     remove_orphan_folders(experiment, set(trials["trial_id"]) if len(trials) else set())

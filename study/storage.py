@@ -1,5 +1,6 @@
 """Tune's storage folder on a local disk, written so that a killed driver never leaves a torn file behind."""
 
+import errno
 import json
 import os
 import pickletools
@@ -164,3 +165,26 @@ def _whole(path: Path) -> bool:
         return bool(data)
     except (OSError, ValueError):  # JSONDecodeError, "pickle exhausted before seeing STOP"
         return False
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, or over a quota: the same to a study
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")  # the same, as it reads in Tune's error file
+
+
+class DiskFull(OSError):
+    """A study's folder (or its Tune storage) ran out of space: the study stops, resumable once space is freed."""
+
+
+def is_disk_full(error: BaseException | str | None) -> bool:
+    """Whether an exception (or anything in its chain), or an error text, is a full disk."""
+    if isinstance(error, str):
+        return any(text in error for text in DISK_FULL_TEXT)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS):
+            return True
+        if any(text in str(error) for text in DISK_FULL_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -16,6 +16,7 @@ from cvae.runtime import VERBOSE_ENV, native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
 from study.results import ERROR_KEY, STATUS_ERROR
+from study.storage import is_disk_full
 
 
 STARTUP_LOG = "tensorflow_startup.log"  # in the trial's folder under tune/ (its working folder on remote storage)
@@ -103,6 +104,8 @@ def run_trial(params: dict, spec) -> None:
             with restored.as_directory() as folder:
                 train(config, report=report, checkpoint=folder, checkpoint_dir=scratch)
     except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
+        if is_disk_full(error):  # not the trial's fault: Tune sees the failure and the driver stops the study
+            raise
         report_failure(error, progress["epoch"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

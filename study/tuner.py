@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import shutil
@@ -21,7 +23,7 @@ from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_P
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
-from study.storage import remove_partial_files, storage_filesystem
+from study.storage import DiskFull, is_disk_full, remove_partial_files, storage_filesystem
 from study.trainable import run_trial
 
 logger = logging.getLogger(__name__)
@@ -126,9 +128,10 @@ class StudyProgress(tune.Callback):
     user saw survives any stop; trials.csv is rewritten on trial events and at most every TRIALS_WRITE_S.
     """
 
-    def __init__(self, spec, results_dir: Path):
+    def __init__(self, spec, results_dir: Path, storage_folder: str | None = None):
         self.spec = spec
         self.results_dir = results_dir
+        self.storage_folder = storage_folder or results_dir  # where Tune keeps checkpoints (named if it fills up)
         self.records: dict[str, TrialRecord] = {}
         self.epoch_log: EpochLog | None = None
         self.started = time.time()
@@ -171,7 +174,8 @@ class StudyProgress(tune.Callback):
         if since < WRITE_COST_RATIO * self.write_seconds or (not self.urgent and since < TRIALS_WRITE_S):
             return
         started = time.perf_counter()
-        write_trials(self.results_dir, list(self.records.values()))
+        with stop_if_disk_full(self.results_dir):
+            write_trials(self.results_dir, list(self.records.values()))
         self.write_seconds = time.perf_counter() - started
         self.last_write, self.dirty, self.urgent = time.time(), False, False
 
@@ -195,7 +199,8 @@ class StudyProgress(tune.Callback):
         # Tune sets done on the result that carried the scheduler's STOP; the trainable never sets it.
         if result.get("done") and row.get("status") == STATUS_RUNNING:
             record.pruned = True
-        self.epoch_log.append(epoch_row(record, row))
+        with stop_if_disk_full(self.results_dir):
+            self.epoch_log.append(epoch_row(record, row))
         objective = ", ".join(f"{m}={_short(row.get(m))}" for m in self.spec.metrics)
         planned = f"/{record.planned_epochs}" if record.planned_epochs else ""
         self._line(trial, f"epoch {row.get('epoch')}{planned} {objective} [{trial_status(record)}]")
@@ -212,6 +217,9 @@ class StudyProgress(tune.Callback):
         self._ended(record)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if is_disk_full(last_failure(trial)):  # its checkpoint could not be stored: the study stops, not the trial
+            raise DiskFull(errno.ENOSPC, f"a checkpoint of trial {trial.trial_id} could not be stored",
+                           str(self.storage_folder))
         record = self._record(trial)
         record.error = worker_loss_cause(last_failure(trial)) or error_message(trial)
         if record.retries:
@@ -226,7 +234,8 @@ class StudyProgress(tune.Callback):
         self._status(soon=True)
 
     def on_experiment_end(self, trials, **info):
-        write_trials(self.results_dir, list(self.records.values()))
+        with stop_if_disk_full(self.results_dir):
+            write_trials(self.results_dir, list(self.records.values()))
 
     def on_step_begin(self, iteration, trials, **info):
         if self.dirty:  # an event whose rewrite had to wait
@@ -245,6 +254,9 @@ class StudyProgress(tune.Callback):
         print(f"[{elapsed:6.0f}s] {line}", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        if is_disk_full(last_failure(trial)):
+            raise DiskFull(errno.ENOSPC, f"a checkpoint of trial {trial.trial_id} could not be stored",
+                           str(self.storage_folder))
         record = self._record(trial)
         cause = worker_loss_cause(last_failure(trial)) or "its worker or node was lost"
         record.retries.append(f"{cause} after epoch {len(record.rows)}")
@@ -256,6 +268,19 @@ class StudyProgress(tune.Callback):
 # its worker process died while the node lived on. Kept as text: the exception reaches Tune's error file as text.
 NODE_LOST = ("its node has died", "NodeDiedError", "node died", "because its node")
 WORKER_LOST = ("its worker process has died", "Worker unexpectedly exits", "ActorDiedError", "died unexpectedly")
+
+
+@contextlib.contextmanager
+def stop_if_disk_full(folder: Path):
+    """A write of the driver's that finds the disk full stops the study (DiskFull out of tune.fit) instead of a
+    traceback from inside Tune; what is on disk stays whole (every table is replaced in one step or appended by
+    whole lines), so --resume continues once space is freed."""
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFull(error.errno, "the study's tables could not be written", str(folder)) from None
+        raise
 
 
 def worker_loss_cause(text: str) -> str | None:
@@ -329,7 +354,7 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
                 reuse_actors: bool = True, trackers: tuple = (), keep_checkpoints: int = 1,
                 trainable=run_trial) -> tune.Tuner:
     """A fresh Tuner for the study, with the live-progress callback (and any trackers, e.g. MLflow) attached."""
-    progress = StudyProgress(spec, results_dir)
+    progress = StudyProgress(spec, results_dir, storage_path)
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, optuna_storage)
     tuner = tune.Tuner(
@@ -382,7 +407,7 @@ def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple
     restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if restored is None:
         raise RuntimeError("this Ray version keeps the restored run configuration elsewhere; see restore_tuner")
-    restored.callbacks = [StudyProgress(spec, results_dir), *trackers]
+    restored.callbacks = [StudyProgress(spec, results_dir, experiment_path), *trackers]
     return tuner
 
 

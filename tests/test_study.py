@@ -622,3 +622,43 @@ def test_a_killed_trial_worker_is_retried_and_a_repeated_kill_ends_the_trial(tmp
     epochs = pd.read_csv(tmp_path / "killed" / "epochs.csv")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert sorted(epochs.loc[epochs["trial_id"] == once["trial_id"], "epoch"]) == [1, 2, 3, 4]  # resumed, not restarted
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_resume_continues(tmp_path, study_cli, write_space, tiny_fixed,
+                                                                       noise_in):
+    """The results folder on a small tmpfs: a warning before the start, a one-line stop when it fills (exit 1,
+    tables whole), and after the disk grows `--resume` completes with every epoch once."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs (root, as CI runs): {mounted.stderr}"
+    try:
+        space = write_space(tmp_path, "filling", f"""
+            name: filling
+            base: model_4
+            fixed: {tiny_fixed}
+            parameters:
+              grey_weight: {{values: [0.1, 0.2, 0.3]}}
+            search: {{algorithm: grid, repeats: 1, max_concurrent: 2}}
+            scheduler: {{type: fifo, max_epochs: 2}}
+        """)
+        full = study_cli("--space", space, results=disk, timeout=300)
+        console = full.stdout + full.stderr
+        assert full.returncode == 1, console[-4000:]
+        assert "warning: this study's checkpoints need about" in full.stderr  # said before anything ran
+        stops = [line for line in full.stderr.splitlines() if line.startswith("error: disk full: ")]
+        assert len(stops) == 1 and "--resume" in stops[0] and not noise_in(console), console[-4000:]
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        resumed = study_cli("--space", space, "--resume", results=disk, timeout=300)
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+        trials = pd.read_csv(disk / "filling" / "trials.csv")
+        epochs = pd.read_csv(disk / "filling" / "epochs.csv")
+        assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
+        assert (epochs.groupby("trial_id")["epoch"].apply(sorted) == pd.Series(
+            [[1, 2]] * 3, index=sorted(trials["trial_id"]))).all()
+        printed = set(EPOCH_LINE.findall(full.stdout))
+        assert {(t, int(e)) for t, e in printed} <= set(zip(epochs["trial_id"], epochs["epoch"]))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
