@@ -58,11 +58,12 @@ def model_table(trials: pd.DataFrame, metrics=MODEL_TABLE_METRICS) -> pd.DataFra
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)
         table[f"{metric}_n"] = grouped[metric].count()  # seeds that measured it (a metric newer than some seeds)
-        bounds = grouped[metric].apply(mean_interval)
+        bounds = pd.DataFrame({model: mean_interval(values) for model, values in grouped[metric]},
+                              index=["low", "high"]).T.reindex(table.index)
         spec = METRICS.get(metric)
         low, high = (spec.low, spec.high) if spec else (-np.inf, np.inf)
-        table[f"{metric}_low"] = bounds.str[0].clip(lower=low)  # an interval inside the values the metric can take
-        table[f"{metric}_high"] = bounds.str[1].clip(upper=high)
+        table[f"{metric}_low"] = bounds["low"].clip(lower=low)  # an interval inside the values the metric can take
+        table[f"{metric}_high"] = bounds["high"].clip(upper=high)
     table["reported_loss"] = [REPORTED_TRAIN_LOSS.get(name, np.nan) for name in table.index]
     return table
 

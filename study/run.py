@@ -511,11 +511,14 @@ def summarise(trials, spec, results_dir: Path) -> None:
           f"  python study/sample.py {results_dir} --out best.png")
 
 
-class HideTunesResumeHint(logging.Filter):
-    """After Ctrl-C Tune suggests `Tuner.restore(...)`; this study resumes with its own command (printed below)."""
+class HideTunesRepeats(logging.Filter):
+    """Tune's lines that say again, less usefully, what the study prints itself: after Ctrl-C a `Tuner.restore(...)`
+    hint (the study resumes with its own command), at the end "Trials did not complete" (the error count)."""
+
+    REPEATS = ("Tuner.restore(", "Trials did not complete")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.REPEATS)
 
 
 def stop_like_ctrl_c(signum, frame) -> None:
@@ -571,7 +574,8 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
         check_free_space(spec, Path(storage_path), args.keep_checkpoints)
     start_ray(args.address, extra_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-    logging.getLogger("ray.tune.tune").addFilter(HideTunesResumeHint())
+    if not args.verbose:
+        logging.getLogger("ray.tune.tune").addFilter(HideTunesRepeats())
     if not args.verbose:
         import optuna
 

@@ -343,3 +343,11 @@ def test_figures_read_at_print_size(grey_spec):
     assert any(axis.get_title().startswith("grey_gap (lower is better)") for axis in panels.axes)
     few = plots.plot_parameter_importance(trials.head(5), grey_spec)
     assert few.axes[0].get_title() == "from 5 finished trials: too little evidence (fewer than 8)"
+
+
+def test_model_table_of_a_single_model_and_of_one_seed():
+    """A study read while its first trial runs: one model, one seed (pandas once turned the intervals into a frame)."""
+    trials, _, _ = models_tables(seeds=1)
+    table = plots.model_table(trials[trials["param_preset"] == "model_1"])
+    assert list(table.index) == ["model_1"] and np.isnan(table.loc["model_1", "fid_low"])
+    assert plots.format_model_table(table).loc["fid", "model_1"] == f"{table.loc['model_1', 'fid_mean']:.4g}"
