@@ -109,7 +109,7 @@ def decided(findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
 def _combine(findings: list[Finding]) -> str:
     outcomes = [finding.outcome() for finding in findings]
     if outcomes and all(o == TOO_FEW for o in outcomes):
-        return "not tested (fewer than 2 seeds per model)"
+        return f"not tested (fewer than 2 {findings[0].effect.unit})"
     if outcomes and all(o == "better" for o in outcomes):
         return "supported"
     if any(o == "worse" for o in outcomes) and not any(o == "better" for o in outcomes):
