@@ -148,7 +148,8 @@ def side_by_side(verdicts: dict[str, list[Verdict]]) -> pd.DataFrame:
     Returns:
         One row per claim: its text, a verdict column per dataset and `generalises`: "yes" where every dataset
         supports it, "partly" where every dataset at least partly supports it, "no" where one does and another
-        does not, "not tested" where a dataset did not test it, "neither supports it" otherwise.
+        does not, "not tested" where a dataset did not test it, "undecided" where one needs more evidence,
+        "neither supports it" otherwise.
     """
     rows = []
     for claim, text in CLAIMS.items():
@@ -157,6 +158,7 @@ def side_by_side(verdicts: dict[str, list[Verdict]]) -> pd.DataFrame:
         values = list(found.values())
         backed = [value in ("supported", "partly supported") for value in values]
         generalises = ("not tested" if any(value.startswith("not tested") for value in values) else
+                       "undecided" if any(value.startswith(("undecided", "too little")) for value in values) else
                        "yes" if all(value == "supported" for value in values) else
                        "partly" if all(backed) else "no" if any(backed) else "neither supports it")
         rows.append({"claim": f"({claim}) {text}", **found, "generalises": generalises})

@@ -49,7 +49,7 @@ def check_poolable(specs: dict[str, dict], trials: dict[str, pd.DataFrame]) -> N
                          + "; ".join(f"{name}: {', '.join(sorted(value))}" for name, value in sources.items()))
     seen: dict[tuple, str] = {}
     for name, table in trials.items():
-        for model, seed in zip(label_models(table), table[SEED_PARAMETER]):
+        for model, seed in sorted(zip(label_models(table), table[SEED_PARAMETER])):  # the first repeat, by name
             if (model, seed) in seen:
                 raise ValueError(f"cannot pool {name} with {seen[(model, seed)]}: both ran {model} with seed "
                                  f"{seed}; pooled seeds must be new ones (run the extra seeds with --first-seed)")

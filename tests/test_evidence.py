@@ -89,3 +89,11 @@ def test_claim_e_is_taken_from_the_warm_up_study():
     combined = {v.claim: v for v in with_claim_from(models, warmup, "e")}
     assert combined["e"].verdict == "supported" and combined["a"].verdict == "supported"
     assert with_claim_from(models, [], "e") == models
+
+
+def test_side_by_side_waits_for_an_undecided_dataset():
+    from study.claims import Verdict, side_by_side
+
+    table = side_by_side({"MNIST": [Verdict("d", "supported", "")],
+                          "Fashion-MNIST": [Verdict("d", "undecided (6 seeds per model would decide it)", "")]})
+    assert table["generalises"].iloc[3] == "undecided"
