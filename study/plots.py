@@ -103,7 +103,10 @@ def plot_model_metrics(trials: pd.DataFrame, metrics=SAMPLE_METRICS) -> plt.Figu
         low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
         axis.errorbar(range(len(order)), stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
                       fmt="o", capsize=4, color="tab:blue", zorder=3)
+        state = np.random.get_state()  # seaborn jitters the dots with numpy's global generator: the same figure twice
+        np.random.seed(0)
         sns.stripplot(data=frame, x=MODEL, y=metric, order=order, color="0.6", size=3, ax=axis)
+        np.random.set_state(state)
         axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
         axis.set_xlabel("")
         axis.set_ylabel("")
