@@ -297,14 +297,19 @@ def worker_loss_cause(text: str) -> str | None:
     return None
 
 
-def last_failure(trial) -> str:
-    """The newest failure's whole text in Tune's error file (it appends one `Failure # N` block per failure)."""
+def error_text(trial) -> str:
+    """Tune's error file of a trial (one `Failure # N` block per failure), or its error message, or ""."""
     path = getattr(trial, "error_file", None)
     try:
         text = Path(path).read_text(errors="replace") if path else ""
     except OSError:
         text = ""
-    return text.rsplit("Failure # ", 1)[-1] or str(getattr(trial, "error_msg", "") or "")
+    return text or str(getattr(trial, "error_msg", "") or "")
+
+
+def last_failure(trial) -> str:
+    """The newest failure's whole text in Tune's error file."""
+    return error_text(trial).rsplit("Failure # ", 1)[-1]
 
 
 def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_run: int, elapsed: float) -> str:
@@ -341,13 +346,7 @@ def _short(value) -> str:
 
 def error_message(trial) -> str:
     """`ExceptionType: message` of a failed trial, from Tune's error file (no colour codes, no pid/ip noise)."""
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text(errors="replace") if path else ""
-    except OSError:
-        text = ""
-    return error_cause(text or str(getattr(trial, "error_msg", "") or ""),
-                       "unknown error (see the trial's error.txt under tune/)")
+    return error_cause(error_text(trial), "unknown error (see the trial's error.txt under tune/)")
 
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,

@@ -21,8 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 def classifier_cache(tmp_path_factory):
     """One classifier cache for the whole run (the classifier trains once, like on a user's machine)."""
     folder = os.environ.get("CVAE_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("cvae-cache"))
-    os.environ["CVAE_CACHE_DIR"] = folder
-    return Path(folder)
+    before = os.environ.get("CVAE_CACHE_DIR")
+    os.environ["CVAE_CACHE_DIR"] = folder  # the test's subprocesses inherit it
+    yield Path(folder)
+    if before is None:  # as it was before the session
+        os.environ.pop("CVAE_CACHE_DIR", None)
+    else:
+        os.environ["CVAE_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")
