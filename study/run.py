@@ -576,7 +576,6 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     if not args.verbose:
         logging.getLogger("ray.tune.tune").addFilter(HideTunesRepeats())
-    if not args.verbose:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
