@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -116,14 +117,18 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
     from cvae.diagnostics import describe_checkpoint
 
     rows = []
-    for number, (trial_id, checkpoint) in enumerate(todo, 1):
-        log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples from {checkpoint}")
-        profile, grid = describe_checkpoint(checkpoint)
-        rows += [{"trial_id": trial_id, "checkpoint_epoch": _epoch_of(checkpoint), **row} for row in profile]
-        grids[sample_key(FINAL, trial_id)] = grid
-    if best_folder is not None:
-        log(f"best trial {best['trial_id']}: samples from its best checkpoint {best_folder}")
-        grids[sample_key(BEST, best["trial_id"])] = describe_checkpoint(best_folder)[1]
+    with warnings.catch_warnings(record=True) as caught:  # e.g. the data's fallback, met once per checkpoint
+        warnings.simplefilter("always")
+        for number, (trial_id, checkpoint) in enumerate(todo, 1):
+            log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples from {checkpoint}")
+            profile, grid = describe_checkpoint(checkpoint)
+            rows += [{"trial_id": trial_id, "checkpoint_epoch": _epoch_of(checkpoint), **row} for row in profile]
+            grids[sample_key(FINAL, trial_id)] = grid
+        if best_folder is not None:
+            log(f"best trial {best['trial_id']}: samples from its best checkpoint {best_folder}")
+            grids[sample_key(BEST, best["trial_id"])] = describe_checkpoint(best_folder)[1]
+    for message in dict.fromkeys(str(warning.message).split(". ")[0] for warning in caught):
+        log(f"note: {message}")  # each once, as a line of the report's own
     if rows:
         details = pd.concat([details, pd.DataFrame(rows)], ignore_index=True)
     details.to_csv(folder / DETAILS_FILE, index=False)
