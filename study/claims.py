@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -67,7 +68,9 @@ class Finding:
             return "better" if self.effect.effect * self.supports > 0 else "worse"
         return UNDECIDED if not self.effect.power() >= TARGET_POWER else "no clear difference"
 
+    @functools.cached_property
     def needed(self) -> int | None:
+        """Samples that would decide it (a search over sample sizes: computed once, read by text and verdict)."""
         return self.effect.needed(alpha=ALPHA / max(self.family, 1))
 
     def text(self) -> str:
@@ -77,7 +80,7 @@ class Finding:
         adjusted = f", Holm {self.p_adjusted:.2g}" if math.isfinite(self.p_adjusted) else ""
         outcome = self.outcome()
         if outcome == UNDECIDED:
-            needed = self.needed()
+            needed = self.needed
             outcome += (f": {needed} {effect.unit} would decide it at {TARGET_POWER:.0%} power" if needed else
                         f": no {effect.unit} count up to {MAX_SAMPLES} would decide it")
         return (f"{self.what}: {effect.symbol} {effect.effect:+.3g}, {CONFIDENCE:.0%} CI {effect.interval_text()}, "
@@ -115,7 +118,7 @@ def _combine(findings: list[Finding]) -> str:
     if any(o == "worse" for o in outcomes) and not any(o == "better" for o in outcomes):
         return "contradicted"
     if UNDECIDED in outcomes:  # a part that more evidence could still turn either way
-        needed = sorted({f.needed() for f in findings if f.outcome() == UNDECIDED}, key=lambda n: n or math.inf)
+        needed = sorted({f.needed for f in findings if f.outcome() == UNDECIDED}, key=lambda n: n or math.inf)
         unit = findings[0].effect.unit
         if None in needed or not needed:
             return "undecided"

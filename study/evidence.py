@@ -63,17 +63,7 @@ class WelchDifference(Effect):
             for name in ("low", "high", "p_value"):
                 object.__setattr__(self, name, math.nan)
             return
-        se, df = _welch(np.var(c, ddof=1), len(c), np.var(r, ddof=1), len(r))
-        if se == 0:  # identical seeds on each side: the difference is exact
-            p = 1.0 if effect == 0 else 0.0
-            low = high = effect
-        else:
-            p = float(2 * stats.t.sf(abs(effect) / se, df))
-            half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
-            low, high = effect - half, effect + half
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
-        object.__setattr__(self, "p_value", p)
+        _set_t_test(self, *_welch(np.var(c, ddof=1), len(c), np.var(r, ddof=1), len(r)))
 
     def power(self, alpha: float = ALPHA, n: int | None = None) -> float:
         """Two-sided Welch test's power with n seeds per side (default: the ones measured) at the observed effect and
@@ -101,16 +91,7 @@ class PairedDifference(Effect):
             for name in ("low", "high", "p_value"):
                 object.__setattr__(self, name, math.nan)
             return
-        se, df = float(np.std(d, ddof=1) / math.sqrt(len(d))), len(d) - 1
-        if se == 0:
-            low = high = self.effect
-            p = 1.0 if self.effect == 0 else 0.0
-        else:
-            half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
-            low, high, p = self.effect - half, self.effect + half, float(2 * stats.t.sf(abs(self.effect) / se, df))
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
-        object.__setattr__(self, "p_value", p)
+        _set_t_test(self, float(np.std(d, ddof=1) / math.sqrt(len(d))), len(d) - 1)
 
     def power(self, alpha: float = ALPHA, n: int | None = None) -> float:
         d = np.asarray(self.differences, float)
@@ -154,6 +135,20 @@ class RankCorrelation(Effect):
         shift = abs(math.atanh(float(np.clip(self.effect, -0.999999, 0.999999)))) / math.sqrt(1.06 / (n - 3))
         critical = stats.norm.ppf(1 - alpha / 2)
         return float(stats.norm.sf(critical - shift) + stats.norm.cdf(-critical - shift))
+
+
+def _set_t_test(found: Effect, se: float, df: float) -> None:
+    """`found`'s t interval and two-sided p-value for its effect with standard error `se` (0: the seeds agree
+    exactly, so the difference is exact)."""
+    effect = found.effect
+    if se == 0:
+        low = high = effect
+        p = 1.0 if effect == 0 else 0.0
+    else:
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+        low, high, p = effect - half, effect + half, float(2 * stats.t.sf(abs(effect) / se, df))
+    for name, value in (("low", low), ("high", high), ("p_value", p)):
+        object.__setattr__(found, name, value)
 
 
 def _welch(var_c: float, n_c: int, var_r: float, n_r: int) -> tuple[float, float]:
