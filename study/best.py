@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from cvae.cli import ArgumentParser, exit_with, fail
 from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, provisional_note,
                            resolve_path, trial_params)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from study.results import (DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE,
-                           incomplete_note, label_models, load_results, read_table, replace_atomically, resolve_path)
+                           incomplete_note, label_models, load_details, load_results, replace_atomically, resolve_path)
 
 # What two studies must share to be one experiment: the design, the objective, the schedule and the classifier
 # that measured them. What may differ: which grid values each ran (a subset of models), its seeds and its name.
@@ -79,10 +79,9 @@ def pool(folders: list[Path], out: Path) -> None:
                                for path in table["checkpoint"]]
         trials.append(table)
         epochs.append(log.assign(study=name))
-        details.append(read_table(folder / DETAILS_FILE))
-        if (folder / SAMPLES_FILE).is_file():
-            with np.load(folder / SAMPLES_FILE, allow_pickle=False) as stored:
-                grids.update({key: stored[key] for key in stored.files})
+        drawn, stored = load_details(folder)  # checked like any received folder's
+        details.append(drawn)
+        grids.update(stored)
     first_folder, _, _, spec = next(iter(loaded.values()))
     spec = {**spec, "name": out.name, POOLED_KEY: list(loaded),
             "description": f"{spec.get('description', '')} Pooled: {', '.join(loaded)}.".strip(),
@@ -90,10 +89,8 @@ def pool(folders: list[Path], out: Path) -> None:
     replace_atomically(pd.concat(trials, ignore_index=True), out / TRIALS_FILE)
     replace_atomically(pd.concat(epochs, ignore_index=True), out / EPOCHS_FILE)
     replace_atomically(json.dumps(spec, indent=1), out / SPEC_FILE)
-    drawn = pd.concat([frame for frame in details if not frame.empty], ignore_index=True) if any(
-        not frame.empty for frame in details) else pd.DataFrame()
-    if not drawn.empty:
-        replace_atomically(drawn, out / DETAILS_FILE)
+    if drawn := [frame for frame in details if not frame.empty]:
+        replace_atomically(pd.concat(drawn, ignore_index=True), out / DETAILS_FILE)
     if grids:
         np.savez_compressed(out / SAMPLES_FILE, **grids)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from cvae.metrics import TEST_PREFIX
 from study.results import (BEST_RULE, DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE,
                            SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, checkpoint_within,
                            incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
-                           provisional_note, read_table, real_level, replace_atomically, split_label, trial_params)
+                           provisional_note, load_details, real_level, replace_atomically, split_label, trial_params)
 
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
 
@@ -41,47 +40,6 @@ def _model_folder(checkpoint: Path) -> Path | None:
 
 def sample_key(kind: str, trial_id: str) -> str:
     return f"{kind}__{trial_id}"
-
-
-DETAIL_COLUMNS = ("trial_id", "digit", "requested_thickness", "measured_thickness", "relative_width",
-                  "real_relative_width")
-MAX_GRIDS = 10_000  # sample grids in samples.npz: one or two per trial
-
-
-def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """(details.csv, samples.npz) of a results folder; empty if they were never collected.
-
-    Raises:
-        ValueError if either is not what report.py writes (a received folder is untrusted: nothing is unpickled).
-    """
-    folder = Path(folder)
-    try:
-        details = read_table(folder / DETAILS_FILE)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError) as error:
-        raise ValueError(f"{folder / DETAILS_FILE} is malformed ({str(error).splitlines()[0][:120]})") from None
-    if not details.empty:
-        lacking = [c for c in DETAIL_COLUMNS if c not in details]
-        numbers = details[[c for c in DETAIL_COLUMNS[1:] if c in details]].apply(pd.to_numeric, errors="coerce")
-        if lacking or (numbers.isna() & details[numbers.columns].notna()).any().any():
-            raise ValueError(f"{folder / DETAILS_FILE} is not a details table (it needs numeric "
-                             f"{', '.join(DETAIL_COLUMNS[1:])}); delete it and run report.py again")
-        details[numbers.columns] = numbers
-    grids = {}
-    if (folder / SAMPLES_FILE).is_file():
-        try:
-            with np.load(folder / SAMPLES_FILE, allow_pickle=False) as stored:
-                if len(stored.files) > MAX_GRIDS:
-                    raise ValueError(f"it holds {len(stored.files)} arrays")
-                grids = {key: stored[key] for key in stored.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-            raise ValueError(f"{folder / SAMPLES_FILE} is not a samples archive report.py wrote "
-                             f"({str(error).splitlines()[0][:120]})") from None
-        for key, grid in grids.items():
-            if (grid.dtype != np.uint8 or grid.ndim != 4 or grid.shape[2:] != (28, 28) or not 1 <= grid.shape[0] <= 1000
-                    or not 1 <= grid.shape[1] <= 41 or "__" not in key):
-                raise ValueError(f"{folder / SAMPLES_FILE}: {key[:60]!r} is not a sample grid (uint8 rows x thickness "
-                                 f"x 28 x 28); delete it and run report.py again")
-    return details, grids
 
 
 def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: bool = False, log=print):

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,6 +329,47 @@ MAX_TABLE_BYTES = 1 << 30  # a CSV table (10,000 trials x 50 epochs of ~1.5 KB r
 MAX_RECORD_BYTES = 1 << 20  # study.json
 MAX_CELL = 4096  # characters in one cell of a table (an error message is cut at 300)
 OWN_FILES = (TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR)
+
+
+DETAIL_COLUMNS = ("trial_id", "digit", "requested_thickness", "measured_thickness", "relative_width",
+                  "real_relative_width")
+MAX_GRIDS = 10_000  # sample grids in samples.npz: one or two per trial
+
+
+def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(details.csv, samples.npz) of a results folder; empty if they were never collected.
+
+    Raises:
+        ValueError if either is not what report.py writes (a received folder is untrusted: nothing is unpickled).
+    """
+    folder = Path(folder)
+    try:
+        details = read_table(folder / DETAILS_FILE)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError) as error:
+        raise ValueError(f"{folder / DETAILS_FILE} is malformed ({str(error).splitlines()[0][:120]})") from None
+    if not details.empty:
+        lacking = [c for c in DETAIL_COLUMNS if c not in details]
+        numbers = details[[c for c in DETAIL_COLUMNS[1:] if c in details]].apply(pd.to_numeric, errors="coerce")
+        if lacking or (numbers.isna() & details[numbers.columns].notna()).any().any():
+            raise ValueError(f"{folder / DETAILS_FILE} is not a details table (it needs numeric "
+                             f"{', '.join(DETAIL_COLUMNS[1:])}); delete it and run report.py again")
+        details[numbers.columns] = numbers
+    grids = {}
+    if (folder / SAMPLES_FILE).is_file():
+        try:
+            with np.load(folder / SAMPLES_FILE, allow_pickle=False) as stored:
+                if len(stored.files) > MAX_GRIDS:
+                    raise ValueError(f"it holds {len(stored.files)} arrays")
+                grids = {key: stored[key] for key in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+            raise ValueError(f"{folder / SAMPLES_FILE} is not a samples archive report.py wrote "
+                             f"({str(error).splitlines()[0][:120]})") from None
+        for key, grid in grids.items():
+            if (grid.dtype != np.uint8 or grid.ndim != 4 or grid.shape[2:] != (28, 28) or not 1 <= grid.shape[0] <= 1000
+                    or not 1 <= grid.shape[1] <= 41 or "__" not in key):
+                raise ValueError(f"{folder / SAMPLES_FILE}: {key[:60]!r} is not a sample grid (uint8 rows x thickness "
+                                 f"x 28 x 28); delete it and run report.py again")
+    return details, grids
 
 
 def check_own_files(folder: Path) -> None:
