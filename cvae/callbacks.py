@@ -12,7 +12,7 @@ import keras
 from cvae.checkpoint import latest_checkpoint, save_checkpoint
 from cvae.data import evaluation_batches
 from cvae.losses import grey_weight_for_epoch
-from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, ELBO, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
+from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
                           STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder)
 
 
@@ -61,7 +61,8 @@ class EpochEnd(keras.callbacks.Callback):
         metrics.update(epoch=epoch, grey_weight=float(self.model.grey_weight.numpy()),
                        dataset_source=run.data.source, epoch_seconds=time.perf_counter() - self.started,
                        train_seconds=self.train_seconds, setup_seconds=run.setup_seconds,
-                       **{CLASSIFIER_ACCURACY: run.classifier.accuracy}, **run.evaluation.real_values())
+                       **{CLASSIFIER_ACCURACY: run.classifier.accuracy, CLASSIFIER_SHA256: run.classifier.sha256},
+                       **run.evaluation.real_values())
         if not all(math.isfinite(metrics[name]) for name in TRAIN_METRICS):
             run.status = STATUS_DIVERGED
             self.model.stop_training = True

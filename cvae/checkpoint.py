@@ -75,13 +75,18 @@ def _write_state(folder: str | Path, state: dict) -> None:
     scratch.replace(path)
 
 
+def weights_only(state: dict) -> dict:
+    """A checkpoint's state.json once its training state is gone: it can be sampled from, never resumed."""
+    return {**state, "variables": None}
+
+
 def strip_training_state(folder: str | Path) -> int:
     """Make a checkpoint weights-only (its run has ended); returns the bytes freed."""
     arrays = Path(folder) / ARRAYS_FILE
     try:
         size = arrays.stat().st_size
         state = json.loads((Path(folder) / STATE_FILE).read_text())
-        _write_state(folder, {**state, "variables": None})
+        _write_state(folder, weights_only(state))
         arrays.unlink()
         return size
     except (OSError, ValueError):

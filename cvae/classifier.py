@@ -38,6 +38,7 @@ class Classifier:
     accuracy: float  # on the test split, which it never trained on
     required: float  # required_accuracy of its dataset
     path: Path
+    sha256: str = ""  # of its .keras file: the same bytes measure every trial of a study
 
     def predict(self, images: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
         """(features, predicted labels) for float images in [0, 1] of shape (N, 28, 28)."""
@@ -159,7 +160,7 @@ def _load_cached(model_path: Path, info_path: Path, fingerprint: str):
     try:
         info = _cache_info(model_path, info_path, fingerprint)
         model = keras.models.load_model(model_path, safe_mode=True, compile=False)
-        return model, float(info["test_accuracy"])
+        return model, float(info["test_accuracy"]), str(info["sha256"])
     except Exception as error:  # a corrupt cache is rebuilt, never trusted
         warnings.warn(f"reference classifier cache {model_path} is unusable ({error}); retraining it", stacklevel=3)
         return None
@@ -194,7 +195,7 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
     with FileLock(str(model_path) + ".lock"):
         cached = _load_cached(model_path, info_path, fingerprint)
         if cached is not None:
-            _LOADED[key] = Classifier(cached[0], cached[1], required, model_path)
+            _LOADED[key] = Classifier(cached[0], cached[1], required, model_path, cached[2])
             return _LOADED[key]
         print(f"training the reference classifier for {raw.name} ({raw.source}); cached at {model_path}",
               file=sys.stderr, flush=True)
@@ -211,12 +212,62 @@ def load_classifier(dataset: str, data_path: str = "", validation_fraction: floa
         info = {"fingerprint": fingerprint, "sha256": _file_sha256(model_path), "test_accuracy": accuracy,
                 "dataset": raw.name, "source": raw.source}
         info_path.write_text(json.dumps(info, indent=2))
-        _LOADED[key] = Classifier(model, accuracy, required, model_path)
+        _LOADED[key] = Classifier(model, accuracy, required, model_path, info["sha256"])
         return _LOADED[key]
 
 
-def classifier_for(config) -> Classifier:
-    """load_classifier with a TrialConfig's data fields."""
+@dataclass(frozen=True)
+class ClassifierFile:
+    """A reference classifier as its file's bytes: what a study's driver hands every trial, so that trials on any
+    node are measured in one feature space and none trains a classifier of its own."""
+
+    content: bytes
+    sha256: str
+    accuracy: float
+    required: float
+
+
+def cached_classifier_file(dataset: str, data_path: str = "", validation_fraction: float = 0.1,
+                           test_fraction: float = 0.1) -> ClassifierFile:
+    """The cached classifier of a dataset (made by load_classifier) as bytes, read without TensorFlow.
+
+    Raises:
+        ValueError/OSError when there is no intact cache.
+    """
+    raw, model_path, info_path, fingerprint = _cache_paths(dataset, data_path, validation_fraction, test_fraction)
+    info = _cache_info(model_path, info_path, fingerprint)
+    content = model_path.read_bytes()
+    sha256 = hashlib.sha256(content).hexdigest()
+    if sha256 != info["sha256"]:
+        raise ValueError(f"{model_path} changed while it was read")
+    return ClassifierFile(content, sha256, float(info["test_accuracy"]), required_accuracy(raw.name, len(raw.labels)))
+
+
+def classifier_from_file(shipped: ClassifierFile) -> Classifier:
+    """The Classifier a ClassifierFile holds: written once under its SHA-256 in this node's cache, loaded in safe mode."""
+    import keras
+
+    key = ("shipped", shipped.sha256, str(cache_dir()))
+    if key in _LOADED and _LOADED[key].path.exists():
+        return _LOADED[key]
+    if hashlib.sha256(shipped.content).hexdigest() != shipped.sha256:
+        raise ValueError("the reference classifier handed to this trial does not match its SHA-256")
+    path = cache_dir() / f"classifier-sha256-{shipped.sha256[:32]}.keras"
+    if not path.exists() or _file_sha256(path) != shipped.sha256:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            scratch_path = Path(scratch) / path.name
+            scratch_path.write_bytes(shipped.content)
+            os.replace(scratch_path, path)  # atomic: parallel trials on one node never read half a file
+    model = keras.models.load_model(path, safe_mode=True, compile=False)
+    _LOADED[key] = Classifier(model, shipped.accuracy, shipped.required, path, shipped.sha256)
+    return _LOADED[key]
+
+
+def classifier_for(config, shipped: ClassifierFile | None = None) -> Classifier:
+    """The classifier a driver shipped, else load_classifier with a TrialConfig's data fields."""
+    if shipped is not None:
+        return classifier_from_file(shipped)
     return load_classifier(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
 
 

@@ -405,9 +405,11 @@ def prepare_data(
     test_fraction: float = 0.1,
     max_train_samples: int = 0,
     data_path: str = "",
+    raw: Dataset | None = None,
 ) -> PreparedData:
-    """Load, split, subsample and condition a dataset for one trial (thickness statistics from train only)."""
-    raw = load_dataset(dataset, data_path)
+    """Load (unless `raw`, the dataset a study's driver loaded, is given), split, subsample and condition a dataset
+    for one trial (thickness statistics from train only)."""
+    raw = load_dataset(dataset, data_path) if raw is None else raw
     train_index, validation_index, test_index = split_indices(raw.labels, validation_fraction, test_fraction)
     if max_train_samples:
         train_index = train_index[stratified_subset(raw.labels[train_index], max_train_samples)]
@@ -445,7 +447,7 @@ def prefetched(batches):
     return batches.prefetch(2).with_options(options)
 
 
-def prepare_data_for(config) -> PreparedData:
-    """prepare_data with a TrialConfig's data fields."""
+def prepare_data_for(config, raw: Dataset | None = None) -> PreparedData:
+    """prepare_data with a TrialConfig's data fields (and the driver's dataset, when it shipped one)."""
     return prepare_data(config.dataset, config.condition_mode, config.validation_fraction, config.test_fraction,
-                        config.max_train_samples, config.data_path)
+                        config.max_train_samples, config.data_path, raw)

@@ -56,6 +56,7 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS + _TEST
 # Not objectives: they add the run's own grey weight and L2 penalty, so two runs' values measure different things.
 WEIGHT_DEPENDENT = ("loss", "val_loss")
 CLASSIFIER_ACCURACY = "classifier_accuracy"  # the reference classifier's test accuracy, reported with every epoch
+CLASSIFIER_SHA256 = "classifier_sha256"  # which classifier measured an epoch: one per study (report.py checks)
 # The real validation images' own value of a sample metric, reported with every epoch, so a figure can mark where
 # real data sits (real digits are about half grey: "sharper" can overshoot reality).
 REAL_PREFIX = "real_"

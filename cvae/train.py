@@ -23,6 +23,25 @@ from cvae.checkpoint import latest_checkpoint, read_checkpoint_config, restore_c
 # ---------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class TrialInputs:
+    """What a study's driver loads and checks once and hands every trial, so that no node looks for data or trains
+    a classifier of its own: every trial of a study, on any node, sees the same digits and the same classifier."""
+
+    dataset: Any  # cvae.data.Dataset: the raw images and labels (each trial splits and conditions them)
+    classifier: Any  # cvae.classifier.ClassifierFile: the reference classifier's bytes and SHA-256
+    data_fields: tuple  # data_fields() of the config they were loaded for
+
+    def fit(self, config: TrialConfig) -> bool:
+        """Whether these inputs are the ones `config` asks for (a study that searches a data field ships none)."""
+        return self.data_fields == data_fields(config)
+
+
+def data_fields(config: TrialConfig) -> tuple:
+    """The fields that choose a run's data and its classifier."""
+    return config.dataset, config.data_path, config.validation_fraction, config.test_fraction
+
+
 def epoch_order(seed: int, epoch: int, count: int):
     """The order of the training images in 1-based `epoch`: a function of (seed, epoch) alone, so a run resumed at
     any epoch sees the same batches as one that never stopped."""
@@ -84,6 +103,7 @@ def train(
     checkpoint: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     verbose: int = 0,
+    inputs: TrialInputs | None = None,
 ) -> dict:
     """Train one C-VAE, reporting every epoch.
 
@@ -95,12 +115,13 @@ def train(
         checkpoint: a checkpoint folder to resume from (weights, optimizer, epoch, RNG state).
         checkpoint_dir: where to write each epoch's checkpoint (only the newest is kept there).
         verbose: keras progress bar (1) or silence (0).
+        inputs: the dataset and classifier a study's driver shipped; without them both are found on this machine.
     Returns:
         {"status", "epochs_run", "final" (last epoch's metrics), "history", "checkpoint", "dataset_source"}.
     """
     entered = time.perf_counter()
     check_resumable(config, checkpoint)
-    run = prepare(config, checkpoint)
+    run = prepare(config, checkpoint, inputs if inputs is not None and inputs.fit(config) else None)
     run.setup_seconds = time.perf_counter() - entered
     fit(run, report, checkpoint_dir, verbose)
     return outcome(run)
@@ -116,7 +137,7 @@ def check_resumable(config: TrialConfig, checkpoint: str | Path | None) -> None:
         raise ValueError(f"checkpoint {checkpoint} was trained with different settings: {', '.join(changed)}")
 
 
-def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
+def prepare(config: TrialConfig, checkpoint: str | Path | None, inputs: TrialInputs | None = None) -> TrainingRun:
     """Data, the frozen classifier, the fixed evaluation latents and the model (restored if resuming).
 
     Nothing here reads global random state: the model's initializers and RNG layers are seeded from the config
@@ -130,8 +151,8 @@ def prepare(config: TrialConfig, checkpoint: str | Path | None) -> TrainingRun:
     from cvae.model import build_cvae
 
     keras.backend.clear_session()  # a reused worker process must not carry the previous trial's graph state
-    data = prepare_data_for(config)
-    classifier = classifier_for(config)
+    data = prepare_data_for(config, inputs.dataset if inputs else None)
+    classifier = classifier_for(config, inputs.classifier if inputs else None)
     if message := weak_classifier_message(classifier.accuracy, classifier.required, config.dataset):
         warnings.warn(message, stacklevel=3)
     evaluation = evaluation_set_for(config, data.validation, data.stats, classifier)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from cvae.cli import ArgumentParser, exit_with, fail
+from study.mirror import local_study
 from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, provisional_note,
                            resolve_path, trial_params)
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:
     parser = ArgumentParser(prog=prog, description=__doc__.split(" — ")[1] + " " + BEST_RULE)
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it)")
     args = parser.parse_args(argv)
     try:
+        args.results = local_study(args.results)
         trials, _, spec = load_results(args.results)
         note = incomplete_note(trials, spec)
         if note:

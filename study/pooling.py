@@ -11,6 +11,7 @@ import pandas as pd
 
 from study.results import (DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE,
                            incomplete_note, label_models, load_details, load_results, replace_atomically, resolve_path)
+from study.storage import is_uri
 
 # What two studies must share to be one experiment: the design, the objective, the schedule and the classifier
 # that measured them. What may differ: which grid values each ran (a subset of models), its seeds and its name.
@@ -98,6 +99,6 @@ def pool(folders: list[Path], out: Path) -> None:
 def _relative(path: str | Path, folder: Path) -> str:
     """`path` as seen from `folder` (results folders hold no machine's absolute paths); a URI stays as it is."""
     text = str(path)
-    if "://" in text:
+    if is_uri(text):
         return text
     return os.path.relpath(Path(text).resolve(), folder.resolve())

@@ -12,6 +12,7 @@ import pandas as pd
 
 from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.metrics import TEST_PREFIX
+from study.mirror import local_study
 from study.results import (BEST_RULE, DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE,
                            SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, checkpoint_within,
                            incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
@@ -360,7 +361,7 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
         description="Write figures/*.png and summary.md for a study's results folder. Per-class thickness sweeps "
         "and sample grids are drawn once from the checkpoints into details.csv and samples.npz, so the folder "
         "stays reportable after the checkpoints are deleted.")
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it); figures and summary.md then go into a local copy)")
     parser.add_argument("--refresh-details", action="store_true",
                         help="redraw details.csv / samples.npz from the checkpoints even if they exist")
     parser.add_argument("--no-details", action="store_true",
@@ -390,6 +391,7 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
             fail(str(error))
         print(f"pooled {1 + len(args.pool)} studies into {folder}", flush=True)
     try:
+        folder = local_study(folder if args.pool else args.results)
         trials, epochs, spec = load_results(folder)
     except ValueError as error:
         fail(str(error))

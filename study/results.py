@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import (CLASSIFIER_ACCURACY, METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
+from study.storage import display, fetch_folder, is_uri, within
+from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
                           REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
@@ -100,6 +101,7 @@ def trial_row(record: TrialRecord) -> dict:
         "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
         "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
         "dataset_source": last.get("dataset_source"), CLASSIFIER_ACCURACY: last.get(CLASSIFIER_ACCURACY, np.nan),
+        CLASSIFIER_SHA256: last.get(CLASSIFIER_SHA256),
         "checkpoint": record.checkpoint, ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
         RETRIES_KEY: "; ".join(record.retries) or None,
     }
@@ -111,7 +113,7 @@ def trial_row(record: TrialRecord) -> dict:
 def relative_path(folder: Path, path) -> str | None:
     """`path` relative to the study folder when it lies inside it (results stay valid when the folder moves);
     other places (a cluster's shared storage, a cloud URI) are kept as they are."""
-    if not isinstance(path, str) or not path or "://" in path or not Path(path).is_absolute():
+    if not isinstance(path, str) or not path or is_uri(path) or not Path(path).is_absolute():
         return path if isinstance(path, str) and path else None
     try:
         return str(Path(path).resolve().relative_to(Path(folder).resolve()))
@@ -119,11 +121,13 @@ def relative_path(folder: Path, path) -> str | None:
         return path
 
 
-def resolve_path(folder: Path, path) -> Path | None:
-    """The inverse of relative_path: a table's path as a usable Path (None when there is none)."""
+def resolve_path(folder: Path, path) -> Path | str | None:
+    """The inverse of relative_path: a table's path as a usable Path, a URI as its text (None when there is none)."""
     if not isinstance(path, str) or not path:
         return None
-    return Path(path) if Path(path).is_absolute() or "://" in path else Path(folder) / path
+    if is_uri(path):
+        return path
+    return Path(path) if Path(path).is_absolute() else Path(folder) / path
 
 
 def _relocatable(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
@@ -417,22 +421,39 @@ def check_study_record(spec) -> None:
 
 def checkpoint_within(folder: Path, path, spec: dict) -> Path:
     """A trials.csv checkpoint as a local folder that lies inside the results folder or the study's own recorded
-    --storage-path; a received table cannot point a command elsewhere (`../`, absolute paths, links).
+    --storage-path; a received table cannot point a command elsewhere (`../`, absolute paths, links). A checkpoint
+    in an object store is fetched once into the local cache (CVAE_CACHE_DIR/checkpoints) and read from there.
 
     Raises:
-        ValueError naming the path when it leaves both.
+        ValueError naming the path when it leaves both, or when the store does not hold it.
     """
     resolved = resolve_path(folder, path)
     if resolved is None:
         raise ValueError("no checkpoint recorded")
     storage = (spec.get(FLAGS_KEY) or {}).get("storage_path") if isinstance(spec.get(FLAGS_KEY), dict) else None
-    roots = [Path(folder).resolve()] + ([Path(storage).resolve()] if isinstance(storage, str) and storage
-                                       and "://" not in storage else [])
+    storage = storage if isinstance(storage, str) and storage else None
+    if is_uri(resolved):
+        return _fetch_checkpoint(resolved, storage)
+    roots = [Path(folder).resolve()] + ([Path(storage).resolve()] if storage and not is_uri(storage) else [])
     real = Path(os.path.realpath(resolved))
     if not any(real == root or root in real.parents for root in roots):
         raise ValueError(f"checkpoint {str(path)[:200]!r} lies outside the results folder and the study's storage "
                          "path; a received results folder cannot point elsewhere")
     return resolved
+
+
+def _fetch_checkpoint(uri: str, storage: str | None) -> Path:
+    """A remote checkpoint of the study's own storage, copied into the local cache (once)."""
+    from cvae.data import cache_dir
+
+    if not (storage and is_uri(storage) and within(uri, storage)):
+        raise ValueError(f"checkpoint {display(uri)[:200]!r} lies outside the study's storage path; a received "
+                         "results folder cannot point elsewhere")
+    try:
+        return fetch_folder(uri, cache_dir() / "checkpoints")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"checkpoint {display(uri)[:200]} cannot be read from its store "
+                         f"({' '.join(str(error).split())[:160]})") from None
 
 
 def with_derived_metrics(frame: pd.DataFrame) -> pd.DataFrame:
@@ -443,6 +464,19 @@ def with_derived_metrics(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
         frame["grey_gap"] = (frame["grey_fraction"].astype(float) - frame[real].astype(float)).abs()
     return frame
+
+
+def _check_one_classifier(trials: pd.DataFrame, where: str) -> None:
+    """Every trial of a study measured by the same reference classifier (tables from before it was recorded
+    have no column, and are taken as they are)."""
+    if CLASSIFIER_SHA256 not in trials:
+        return
+    hashes = sorted(set(trials[CLASSIFIER_SHA256].dropna().astype(str)))
+    if len(hashes) > 1:
+        counts = trials[CLASSIFIER_SHA256].astype(str).value_counts()
+        raise ValueError(f"{where}: its trials were measured by {len(hashes)} different reference classifiers "
+                         f"(sha256 {', '.join(h[:12] + f'… ×{counts[h]}' for h in hashes[:3])}); their fid and "
+                         "class_accuracy are not comparable")
 
 
 def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> None:
@@ -461,6 +495,7 @@ def check_tables(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> No
     if trials["trial_id"].isna().any() or trials["trial_id"].duplicated().any():
         raise ValueError(f"{where}: trial ids are missing or repeated")
     _check_numbers(trials, where)
+    _check_one_classifier(trials, where)
     if epochs.empty:
         return
     if "trial_id" not in epochs or "epoch" not in epochs:

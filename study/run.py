@@ -124,13 +124,17 @@ def prepare(args):
 
         if reason := check_mlflow(args.mlflow):
             fail(reason)
+    from study.storage import is_uri, join
+
     results_dir = writable_folder(Path(args.results_dir), "--results-dir") / spec.name
     storage_path = str(results_dir / "tune")
     if args.storage_path:
         storage_path = args.storage_path
-        if "://" not in storage_path:
+        if is_uri(storage_path):
+            check_store(storage_path)
+        else:
             storage_path = str(writable_folder(Path(storage_path), "--storage-path"))
-    experiment = f"{storage_path.rstrip('/')}/{spec.name}"
+    experiment = join(storage_path, spec.name)
     return spec, results_dir, storage_path, experiment
 
 
@@ -147,6 +151,17 @@ def writable_folder(folder: Path, flag: str) -> Path:
     except OSError as error:
         fail(f"{flag} {folder} cannot hold results ({error.strerror or error})")
     return folder
+
+
+def check_store(location: str) -> None:
+    """A --storage-path URI that takes a probe object, or exit 2 saying why (before Ray or any trial starts)."""
+    from study.storage import check_writable, display
+
+    reason = check_writable(location)
+    if reason:
+        fail(f"--storage-path {display(location)}: cannot write there ({reason}); give a store this machine can "
+             "write (for S3-compatible stores: ?endpoint_override=HOST:PORT&scheme=http or AWS_ENDPOINT_URL, and "
+             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 
 
 def local_gpus() -> int:
@@ -190,13 +205,14 @@ def check_address(address: str) -> None:
 def check_study_folder(args, spec, results_dir: Path, experiment: str) -> bool:
     """A new study must not overwrite one; --resume needs one, made from the same study name, whose Tune state a
     kill did not cut short. Returns whether Tune's tuner.pkl was cut short (the one state file rebuilt)."""
-    from study.storage import TUNER_STATE, damaged_state_files
+    from study.storage import TUNER_STATE, damaged_state_files, display, exists, join
 
-    exists = "://" in experiment or (Path(experiment) / TUNER_STATE).exists()
-    if args.resume and "://" not in experiment and not exists:
-        fail(f"--resume: no study to continue at {experiment}; run without --resume first")
-    if not args.resume and "://" not in experiment and exists:
-        fail(f"study {spec.name!r} already exists at {experiment}; pass --resume to continue it or --name NEW")
+    found = exists(join(experiment, TUNER_STATE))
+    if args.resume and not found:
+        fail(f"--resume: no study to continue at {display(experiment)}; run without --resume first")
+    if not args.resume and found:
+        fail(f"study {spec.name!r} already exists at {display(experiment)}; pass --resume to continue it or "
+             "--name NEW")
     if not args.resume and (results_dir / "trials.csv").exists():
         fail(f"{results_dir} already holds a study's tables; pass --resume to continue it or --name NEW")
     damaged = damaged_state_files(experiment) if args.resume else []
@@ -277,7 +293,15 @@ def check_classifier(spec, extra_env: dict) -> dict:
     print(f"reference classifier for {config.dataset}: {result['accuracy']:.1%} test accuracy "
           f"(needs {result['required']:.0%}){'; BELOW ITS BAR, allowed by the study file' if message else ''}",
           flush=True)
-    return {"classifier_accuracy": result["accuracy"], "classifier_required": result["required"]}
+    from cvae.classifier import cached_classifier_file
+    from cvae.metrics import CLASSIFIER_SHA256
+    from cvae.train import data_fields
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sha256 = cached_classifier_file(*data_fields(config)).sha256
+    return {"classifier_accuracy": result["accuracy"], "classifier_required": result["required"],
+            CLASSIFIER_SHA256: sha256}
 
 
 def prepare_classifier(config, extra_env: dict) -> dict:
@@ -306,6 +330,38 @@ def check_data(spec) -> None:
         load_dataset(config.dataset, config.data_path)
     except DatasetError as error:
         fail(str(error))
+
+
+def ship_inputs(spec, results_dir: Path, mirror=None):
+    """The data and the reference classifier every trial gets from the driver (cvae.train.TrialInputs), read once
+    here: a node needs neither the user's data folder nor a classifier cache, and every trial is measured by the
+    same classifier, whose SHA-256 each epoch records. A study kept in its storage keeps its classifier there too,
+    so a driver that resumes it on another machine measures with the same bytes."""
+    from cvae.classifier import cached_classifier_file
+    from cvae.data import load_dataset
+    from cvae.metrics import CLASSIFIER_SHA256
+    from cvae.train import TrialInputs, data_fields
+    from study.results import SPEC_FILE
+
+    config = spec.trial_config({})
+    recorded = json.loads((results_dir / SPEC_FILE).read_text()).get(CLASSIFIER_SHA256)
+    with warnings.catch_warnings():  # check_download has already said once which data this study uses
+        warnings.simplefilter("ignore")
+        dataset = load_dataset(config.dataset, config.data_path)
+        classifier = stored = mirror.load_classifier() if mirror else None
+        if classifier is None:
+            try:
+                classifier = cached_classifier_file(*data_fields(config))
+            except (OSError, ValueError, KeyError):
+                classifier = None
+    if classifier is None or (recorded and classifier.sha256 != recorded):
+        fail(f"the reference classifier that measured this study (sha256 {str(recorded)[:12]}…) is neither in its "
+             "storage nor in this machine's cache; resume where it ran, or start a new study with --name")
+    if mirror and stored is None:
+        mirror.save_classifier(classifier)
+    print(f"trials get the driver's data ({dataset.source}, {len(dataset.labels):,} images) and reference "
+          f"classifier (sha256 {classifier.sha256[:12]}…)", flush=True)
+    return TrialInputs(dataset, classifier, data_fields(config))
 
 
 def _is_loopback(address: str) -> bool:
@@ -451,34 +507,50 @@ def check_free_space(spec, folder: Path, keep_checkpoints: int) -> None:
 
 def stop_for_disk(error: Exception, results_dir: Path, storage_path: str, spec, args) -> int:
     """The study stopped because a disk filled: one line saying which folder, how full, and how to continue."""
-    folder = getattr(error, "filename", None) or (storage_path if "://" not in storage_path else results_dir)
+    from study.storage import is_uri
+
+    folder = getattr(error, "filename", None) or (results_dir if is_uri(storage_path) else storage_path)
     try:
         free = f"{shutil.disk_usage(folder).free / 1e6:,.0f} MB free"
     except OSError:
         free = "free space unknown"
     needed = disk_needed_mb(spec, args.keep_checkpoints)
+    marked = mark_interrupted(results_dir)
     print(f"error: disk full: {folder} ({free}) could not take the study's next write, so it stopped; the tables "
-          f"hold every epoch written so far. Free about {needed:,.0f} MB there, then: python study/run.py --space "
-          f"{args.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
+          f"hold every epoch written so far{marked}. Free about {needed:,.0f} MB there, then: python study/run.py "
+          f"--space {args.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
     return EXIT_DISK_FULL
+
+
+def mark_interrupted(results_dir: Path) -> str:
+    """Mark the trials a stopped study left running as interrupted, as Ctrl-C does; returns what the stop line
+    adds when that rewrite did not fit either (--resume treats running and interrupted rows alike)."""
+    from study.results import STATUS_PENDING, STATUS_RUNNING, load_records, trial_status, write_trials
+
+    records = load_records(results_dir)
+    for record in records:
+        record.interrupted = trial_status(record) in (STATUS_RUNNING, STATUS_PENDING)
+    try:
+        write_trials(results_dir, records)
+    except OSError:
+        return " (its running trials still read `running`: there was no room to mark them interrupted)"
+    return ""
 
 
 def report_disk(experiment: str, results_dir: Path, records) -> None:
     """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
     again); then print what the study's checkpoints take on disk."""
-    from cvae.checkpoint import strip_training_state
     from study.results import ENDED, resolve_path, trial_status
+    from study.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
 
-    if "://" in experiment or not Path(experiment).is_dir():
+    if not exists(experiment):
         return
     freed = 0
     for record in records:
         if record.checkpoint and trial_status(record) in ENDED:
-            folder = resolve_path(results_dir, record.checkpoint)
-            for checkpoint in Path(folder).parent.glob("checkpoint_*"):  # every kept one (--keep-checkpoints)
-                freed += strip_training_state(checkpoint)
-    used = sum(path.stat().st_size for path in Path(experiment).rglob("*") if path.is_file())
-    print(f"disk: {used / 1e6:.0f} MB of checkpoints and logs in {experiment}"
+            for checkpoint in kept_checkpoints(str(resolve_path(results_dir, record.checkpoint))):
+                freed += strip_training_state_at(checkpoint)
+    print(f"disk: {folder_bytes(experiment) / 1e6:.0f} MB of checkpoints and logs in {display(experiment)}"
           + (f" ({freed / 1e6:.0f} MB of ended trials' optimizer state removed)" if freed else ""), flush=True)
 
 
@@ -543,12 +615,31 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
     except OSError as error:
         fail(f"cannot lock {results_dir} ({error.strerror or error})")
     try:
+        if args.resume and args.storage_path:
+            restore_from_storage(results_dir, experiment)
         rebuild_tuner_state = check_study_folder(args, spec, results_dir, experiment)
         if args.resume:
             check_same_study(spec, args, results_dir)
         return run_study(args, spec, results_dir, storage_path, experiment, rebuild_tuner_state)
     finally:
         lock.release()
+
+
+def restore_from_storage(results_dir: Path, experiment: str) -> None:
+    """--resume on a machine without the study's tables (the first driver's machine is gone): they come back
+    from the storage, which the study has kept them in as it ran."""
+    from study.mirror import restore_tables
+    from study.results import TRIALS_FILE
+    from study.storage import display
+
+    if (results_dir / TRIALS_FILE).exists():
+        return
+    try:
+        restored = restore_tables(experiment, results_dir)
+    except OSError as error:
+        fail(f"--resume: cannot read the study's tables from {display(experiment)} ({str(error).splitlines()[0][:160]})")
+    if restored:
+        print(f"restored the study's tables from {display(experiment)} into {results_dir}", flush=True)
 
 
 def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
@@ -558,19 +649,23 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
         probe_cluster(args.address, spec)
 
     from study.results import FLAGS_KEY, STATUS_ERROR, incomplete_note, load_records, save_spec, write_tables
-    from study.storage import TUNER_STATE, is_disk_full
+    from study.storage import TUNER_STATE, disk_reserve, is_disk_full, is_uri
+    from study.mirror import StoreMirror
     from study.tuner import build_tuner, finish_records, remove_orphan_folders, restore_tuner
 
     extra_env = check_download(spec)
+    mirror = StoreMirror(experiment, results_dir) if args.storage_path else None  # the study lives in its storage
     if not args.resume:
         recorded = {**check_classifier(spec, extra_env), FLAGS_KEY: run_flags(args)}
         save_spec(results_dir, spec, recorded)  # written once: the record of what this study is
+        if mirror:
+            mirror.snapshot()
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
           f"{'/' + spec.sampler if spec.algorithm == 'optuna' else ''}, objective "
           f"{', '.join(f'{m} ({d})' for m, d in zip(spec.metrics, spec.modes))}, scheduler {spec.scheduler}, "
           f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
           f"  results: {results_dir}; trials and checkpoints: {experiment}", flush=True)
-    if "://" not in storage_path:
+    if not is_uri(storage_path):
         check_free_space(spec, Path(storage_path), args.keep_checkpoints)
     start_ray(args.address, extra_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
@@ -580,6 +675,7 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
     started = time.time()
+    inputs = ship_inputs(spec, results_dir, mirror)
     trackers = ()
     if args.mlflow:
         from study.tracking import MlflowTracker
@@ -591,18 +687,22 @@ def run_study(args, spec, results_dir: Path, storage_path: str, experiment: str,
             print(f"note: Tune's {TUNER_STATE} was cut short by a killed driver; rebuilt from the study file",
                   flush=True)
             build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, (), args.keep_checkpoints)
-        tuner = restore_tuner(spec, experiment, results_dir, trackers)
+        tuner = restore_tuner(spec, experiment, results_dir, trackers, inputs, mirror)
     else:
         tuner = build_tuner(spec, storage_path, results_dir, args.storage, args.reuse_actors, trackers,
-                            args.keep_checkpoints)
-    try:
-        grid = tuner.fit()
-    except Exception as error:  # noqa: BLE001 (only a full disk is handled here; anything else is re-raised)
-        if not is_disk_full(error):
-            raise
-        return stop_for_disk(error, results_dir, storage_path, spec, args)
-    records = finish_records(grid, spec, load_records(results_dir))
+                            args.keep_checkpoints, inputs=inputs, mirror=mirror)
+    with disk_reserve(results_dir) as release_reserve:
+        try:
+            grid = tuner.fit()
+        except Exception as error:  # noqa: BLE001 (only a full disk is handled here; anything else is re-raised)
+            if not is_disk_full(error):
+                raise
+            release_reserve()  # room for the rewrite that marks the running trials interrupted
+            return stop_for_disk(error, results_dir, storage_path, spec, args)
+    records = finish_records(grid, spec, load_records(results_dir), storage_path)
     trials, _ = write_tables(results_dir, records)
+    if mirror:
+        mirror.snapshot()
     remove_orphan_folders(experiment, set(trials["trial_id"]) if len(trials) else set())
     report_disk(experiment, results_dir, records)
     for tracker in trackers:

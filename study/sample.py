@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 from cvae.cli import ArgumentParser, exit_with, fail
+from study.mirror import local_study
 from study.results import best_trial, checkpoint_within, incomplete_note, load_results
+from study.storage import display, is_uri
 
 
 def main(argv=None, prog: str = "python study/sample.py") -> int:
@@ -13,13 +15,14 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
         description="Draw digits from the best trial's checkpoint (or --trial ID's). Every other option is passed "
         "to python -m cvae.sample: --out, --digits, --thickness, --samples, --seed, --style IMAGE, --scale.",
     )
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it)")
     parser.add_argument("--trial", help="trial id from trials.csv (default: the best trial)")
     args, passed_on = parser.parse_known_args(argv)
     from cvae.sample import main as sample_main, parse_args as parse_sample_args
 
     parse_sample_args(["CHECKPOINT", *passed_on])  # every option checked before any table or model is read
     try:
+        args.results = local_study(args.results)
         trials, _, spec = load_results(args.results)
         note = incomplete_note(trials, spec)
         if note:
@@ -39,7 +42,8 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
         checkpoint = checkpoint_within(args.results, row["checkpoint"], spec)
     except ValueError as error:
         fail(str(error))
-    print(f"trial {row['trial_id']}: {checkpoint}")
+    print(f"trial {row['trial_id']}: {checkpoint}"
+          + (f" (a copy of {display(row['checkpoint'])})" if is_uri(row["checkpoint"]) else ""))
     chosen = "chosen with --trial" if args.trial else f"best by validation {spec['metrics'][0]}"
     title = (f"study {spec['name']}, trial {row['trial_id']} ({chosen}; {row['status']} after "
              f"{row['epochs_run']:.0f} epochs)")

@@ -89,8 +89,9 @@ def quiet_library_logs() -> None:
 quiet_library_logs()
 
 
-def run_trial(params: dict, spec) -> None:
-    """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params."""
+def run_trial(params: dict, spec, inputs=None) -> None:
+    """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params, trained on the data
+    and measured by the classifier the driver shipped (`inputs`, cvae.train.TrialInputs)."""
     progress = {"epoch": 0}
     quiet_library_logs()
     scratch = tempfile.mkdtemp(prefix="cvae-trial-")
@@ -99,10 +100,10 @@ def run_trial(params: dict, spec) -> None:
         report = _reporter({"tensorflow_import_seconds": limit_threads(spec.cpu)}, progress)
         restored = tune.get_checkpoint()
         if restored is None:
-            train(config, report=report, checkpoint_dir=scratch)
+            train(config, report=report, checkpoint_dir=scratch, inputs=inputs)
         else:
             with restored.as_directory() as folder:
-                train(config, report=report, checkpoint=folder, checkpoint_dir=scratch)
+                train(config, report=report, checkpoint=folder, checkpoint_dir=scratch, inputs=inputs)
     except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
         if is_disk_full(error):  # not the trial's fault: Tune sees the failure and the driver stops the study
             raise

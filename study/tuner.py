@@ -23,7 +23,7 @@ from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_P
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
-from study.storage import DiskFull, is_disk_full, remove_partial_files, storage_filesystem
+from study.storage import DiskFull, is_disk_full, is_uri, remove_partial_files, storage_filesystem, uri_of
 from study.trainable import run_trial
 
 logger = logging.getLogger(__name__)
@@ -99,9 +99,11 @@ def make_scheduler(spec):
     return FIFOScheduler()
 
 
-def make_trainable(spec, trainable=run_trial):
-    """The trial function with its spec and resources (benchmarks/study_scale.py passes a trivial one)."""
-    return tune.with_resources(tune.with_parameters(trainable, spec=spec), {"cpu": spec.cpu, "gpu": spec.gpu})
+def make_trainable(spec, trainable=run_trial, inputs=None):
+    """The trial function with its spec, the driver's data and classifier (`inputs`, put once into Ray's object
+    store, fetched by each node) and its resources (benchmarks/study_scale.py passes a trivial trainable)."""
+    extra = {"inputs": inputs} if inputs is not None else {}
+    return tune.with_resources(tune.with_parameters(trainable, spec=spec, **extra), {"cpu": spec.cpu, "gpu": spec.gpu})
 
 
 def param_space(spec) -> dict:
@@ -128,8 +130,9 @@ class StudyProgress(tune.Callback):
     user saw survives any stop; trials.csv is rewritten on trial events and at most every TRIALS_WRITE_S.
     """
 
-    def __init__(self, spec, results_dir: Path, storage_folder: str | None = None):
+    def __init__(self, spec, results_dir: Path, storage_folder: str | None = None, mirror=None):
         self.spec = spec
+        self.mirror = mirror  # study.mirror.StoreMirror when the tables also live in the storage
         self.results_dir = results_dir
         self.storage_folder = storage_folder or results_dir  # where Tune keeps checkpoints (named if it fills up)
         self.records: dict[str, TrialRecord] = {}
@@ -176,6 +179,8 @@ class StudyProgress(tune.Callback):
         started = time.perf_counter()
         with stop_if_disk_full(self.results_dir):
             write_trials(self.results_dir, list(self.records.values()))
+        if self.mirror:
+            self.mirror.snapshot()
         self.write_seconds = time.perf_counter() - started
         self.last_write, self.dirty, self.urgent = time.time(), False, False
 
@@ -201,13 +206,16 @@ class StudyProgress(tune.Callback):
             record.pruned = True
         with stop_if_disk_full(self.results_dir):
             self.epoch_log.append(epoch_row(record, row))
+        if self.mirror:
+            self.mirror.append(epoch_row(record, row))
         objective = ", ".join(f"{m}={_short(row.get(m))}" for m in self.spec.metrics)
         planned = f"/{record.planned_epochs}" if record.planned_epochs else ""
         self._line(trial, f"epoch {row.get('epoch')}{planned} {objective} [{trial_status(record)}]")
         self._write(soon=record.pruned)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self._record(trial).checkpoint = getattr(checkpoint, "path", None)
+        path = getattr(checkpoint, "path", None)
+        self._record(trial).checkpoint = uri_of(str(self.storage_folder), path) if path else None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._record(trial)
@@ -236,6 +244,8 @@ class StudyProgress(tune.Callback):
     def on_experiment_end(self, trials, **info):
         with stop_if_disk_full(self.results_dir):
             write_trials(self.results_dir, list(self.records.values()))
+        if self.mirror:
+            self.mirror.snapshot()
 
     def on_step_begin(self, iteration, trials, **info):
         if self.dirty:  # an event whose rewrite had to wait
@@ -351,13 +361,13 @@ def error_message(trial) -> str:
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
                 reuse_actors: bool = True, trackers: tuple = (), keep_checkpoints: int = 1,
-                trainable=run_trial) -> tune.Tuner:
+                trainable=run_trial, inputs=None, mirror=None) -> tune.Tuner:
     """A fresh Tuner for the study, with the live-progress callback (and any trackers, e.g. MLflow) attached."""
-    progress = StudyProgress(spec, results_dir, storage_path)
+    progress = StudyProgress(spec, results_dir, storage_path, mirror)
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, optuna_storage)
     tuner = tune.Tuner(
-        make_trainable(spec, trainable),
+        make_trainable(spec, trainable, inputs),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -390,7 +400,8 @@ def run_config(spec, storage_path: str, callbacks: list, keep_checkpoints: int =
     )
 
 
-def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple = ()) -> tune.Tuner:
+def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple = (), inputs=None,
+                  mirror=None) -> tune.Tuner:
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from checkpoints.
 
     The searcher's state comes back from the experiment folder; the callbacks are this run's (a tracker given
@@ -400,17 +411,17 @@ def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple
     """
     remove_partial_files(experiment_path)
     tuner = tune.Tuner.restore(
-        experiment_path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True,
+        experiment_path, trainable=make_trainable(spec, inputs=inputs), resume_unfinished=True, resume_errored=True,
         param_space=param_space(spec) or None, storage_filesystem=storage_filesystem(experiment_path),
     )
     restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if restored is None:
         raise RuntimeError("this Ray version keeps the restored run configuration elsewhere; see restore_tuner")
-    restored.callbacks = [StudyProgress(spec, results_dir, experiment_path), *trackers]
+    restored.callbacks = [StudyProgress(spec, results_dir, experiment_path, mirror), *trackers]
     return tuner
 
 
-def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
+def finish_records(grid, spec, records: list[TrialRecord], storage_path: str) -> list[TrialRecord]:
     """The study's records after tuner.fit(): each trial's chosen checkpoint from Tune, and every trial that
     was still running marked interrupted (fit() returns early only when the driver was stopped).
 
@@ -429,7 +440,7 @@ def finish_records(grid, spec, records: list[TrialRecord]) -> list[TrialRecord]:
         if result.error and not record.error:
             record.error = error_cause(str(result.error), type(result.error).__name__)
         if result.checkpoint is not None:  # the last epoch's: the trial's result
-            record.checkpoint = result.checkpoint.path
+            record.checkpoint = uri_of(storage_path, result.checkpoint.path)
     # A trial started in the moment before a driver was killed, before Tune's experiment state reached the
     # storage folder, is unknown to the resumed Tune, which starts its configuration afresh. Such a trial
     # measured nothing (each epoch's checkpoint sends that state out at once), so its row goes.
@@ -444,7 +455,7 @@ def remove_orphan_folders(experiment_path: str, trial_ids: set) -> list[str]:
 
     Only such never-measured trials (see finish_records) leave them. Remote storage (a URI) is left alone.
     """
-    if "://" in experiment_path or not Path(experiment_path).is_dir():
+    if is_uri(experiment_path) or not Path(experiment_path).is_dir():
         return []
     removed = []
     prefixes = tuple(f"{TRIAL_FOLDER_PREFIX}{trial_id}_" for trial_id in trial_ids)  # ids may hold "_" (grids)

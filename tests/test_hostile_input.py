@@ -248,6 +248,11 @@ def flag_cases(places):
                                     "results-dir"),
         "storage not a URL": ([*run, "--storage", "results/x.db"], "database URL"),
         "storage-path is a file": ([*run, "--storage-path", places / "a_file"], "is a file"),
+        "storage-path unknown scheme": ([*run, "--storage-path", "nosuch://bucket/x"], "cannot write there"),
+        "storage-path store not answering": (
+            [*run, "--storage-path", "s3://cvae/x?endpoint_override=127.0.0.1:9&scheme=http"], "cannot write there"),
+        "best of a URI holding no study": (["study/best.py", "s3://cvae/none?endpoint_override=127.0.0.1:9&scheme=http"],
+                                           "cannot read the study's tables"),
         "space missing": (["study/run.py", "--space", "nope.yaml"], "no such study file"),
         "space is a folder": (["study/run.py", "--space", places / "empty"], "no such study file"),
         "no space": (["study/run.py"], "--space"),

@@ -141,3 +141,44 @@ def test_damaged_state_files_names_the_newest_state_files_cut_short(tmp_path):
     assert damaged_state_files(str(tmp_path)) == ["basic-variant-state-2026-01-01_00-00-00.json",
                                                   "experiment_state-2026-01-03_00-00-00.json", "tuner.pkl"]
     assert damaged_state_files("s3://bucket/study") == []
+
+
+def test_locations_and_files_on_a_real_object_store(object_store, tmp_path):
+    """The one module that tells a URI from a path: names join before the query, Tune's bucket/key paths become
+    full URIs, files and folders round-trip through SeaweedFS, a stored checkpoint is made weights-only in place,
+    and an endpoint with nothing behind it is one reason in seconds."""
+    import json
+
+    from study.storage import (beside, check_writable, display, exists, fetch_folder, folder_bytes, is_uri, join,
+                               kept_checkpoints, list_names, read_bytes, strip_training_state_at, uri_of, within,
+                               write_bytes)
+
+    base = object_store("locations")
+    bucket_path = base.split("://")[1].split("?")[0]  # what pyarrow and Tune call the path: bucket/key
+    study = join(base, "study")
+    assert is_uri(study) and not is_uri(str(tmp_path)) and study.endswith("/study?" + base.split("?")[1])
+    assert display(study) == f"s3://{bucket_path}/study"
+    checkpoint = uri_of(base, f"{bucket_path}/study/run_trial_a/checkpoint_000001")
+    assert checkpoint == join(base, "study", "run_trial_a", "checkpoint_000001")
+    assert within(checkpoint, base) and not within(checkpoint, join(base, "other"))
+    assert not within(join(base, "study", "..", "..", "elsewhere"), base)
+    state = {"format": 2, "epoch": 1, "history": [], "variables": ["optimizer:x"]}
+    for name, data in (("state.json", json.dumps(state).encode()), ("training_state.npz", os.urandom(1000)),
+                       ("decoder.keras", b"weights")):
+        write_bytes(join(checkpoint, name), data)
+    write_bytes(join(beside(checkpoint, "checkpoint_000000"), "state.json"), b"{}")  # an older one kept beside it
+    assert list_names(checkpoint) == ["decoder.keras", "state.json", "training_state.npz"]
+    assert kept_checkpoints(checkpoint) == [beside(checkpoint, "checkpoint_000000"), checkpoint]
+    assert folder_bytes(base) == 2 + len(json.dumps(state)) + 1000 + 7
+    local = fetch_folder(checkpoint, tmp_path / "cache")
+    assert (local / "decoder.keras").read_bytes() == b"weights" and fetch_folder(checkpoint, tmp_path / "cache") == local
+    assert strip_training_state_at(checkpoint) == 1000 and strip_training_state_at(checkpoint) == 0
+    assert not exists(join(checkpoint, "training_state.npz"))
+    assert json.loads(read_bytes(join(checkpoint, "state.json")))["variables"] is None
+    with pytest.raises(FileNotFoundError):
+        read_bytes(join(base, "nothing.json"))
+    assert check_writable(base) is None
+    started = time.monotonic()
+    dead = base.replace(object_store.endpoint, "127.0.0.1:9")  # the discard port: no store answers there
+    reason = check_writable(dead)
+    assert reason and "connect" in reason.lower() and time.monotonic() - started < 30, reason

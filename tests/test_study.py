@@ -649,6 +649,9 @@ def test_a_full_disk_stops_the_study_in_one_line_and_resume_continues(tmp_path, 
         assert "warning: this study's checkpoints need about" in full.stderr  # said before anything ran
         stops = [line for line in full.stderr.splitlines() if line.startswith("error: disk full: ")]
         assert len(stops) == 1 and "--resume" in stops[0] and not noise_in(console), console[-4000:]
+        stopped = pd.read_csv(disk / "filling" / "trials.csv")["status"]  # as after Ctrl-C: nothing left `running`
+        assert "interrupted" in set(stopped) and "running" not in set(stopped), stopped.tolist()
+        assert not (disk / "filling" / ".disk_reserve").exists()
         subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
         resumed = study_cli("--space", space, "--resume", results=disk, timeout=300)
         assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
@@ -662,3 +665,146 @@ def test_a_full_disk_stops_the_study_in_one_line_and_resume_continues(tmp_path, 
         assert {(t, int(e)) for t, e in printed} <= set(zip(epochs["trial_id"], epochs["epoch"]))
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, object_store, write_space, tiny_fixed,
+                                                                  noise_in):
+    """Tune's storage on a real S3-compatible store (SeaweedFS): the driver is SIGKILLed mid-study and its results
+    folder deleted; `--resume` on a fresh folder restores the tables from the store and finishes with every epoch
+    once and no new trial; checkpoints are full URIs, weights-only in the store; every trial carries the study's
+    classifier SHA-256; best.py, sample.py and report.py read the study by its URI."""
+    storage = object_store("studies")
+    space = write_space(tmp_path, "stored", f"""
+        name: stored
+        base: model_4
+        fixed: {tiny_fixed}
+        parameters:
+          grey_weight: {{values: [0.1, 0.3]}}
+        search: {{algorithm: grid, repeats: 1, max_concurrent: 1}}
+        scheduler: {{type: fifo, max_epochs: 3}}
+    """)
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    driver = _start(space, tmp_path, "first.log", "--results-dir", str(first_dir), "--storage-path", storage)
+    try:
+        def second_epoch_logged():
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+            epochs = _read(first_dir / "stored" / "epochs.csv")
+            return True if epochs is not None and len(epochs) >= 2 else None
+        _wait_for(second_epoch_logged, 400, "two epochs of the first driver")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray: the machine is gone
+        driver.wait()
+    printed = _printed_epochs(tmp_path / "first.log")
+    seen_ids = {trial for trial, _ in printed}
+    shutil.rmtree(first_dir)
+    resumed = subprocess.run([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(second_dir),
+                              "--storage-path", storage, "--resume"], cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    console = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, console[-4000:]
+    assert "restored the study's tables from s3://" in resumed.stdout and not noise_in(console), console[-3000:]
+    assert "disk: " in resumed.stdout and " in s3://" in resumed.stdout
+    folder = second_dir / "stored"
+    trials, epochs = pd.read_csv(folder / "trials.csv"), pd.read_csv(folder / "epochs.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status", "error"]]
+    assert seen_ids <= set(trials["trial_id"])  # no trial started afresh under a new id
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert all(sorted(group) == [1, 2, 3] for _, group in epochs.groupby("trial_id")["epoch"])
+    assert printed <= set(zip(epochs["trial_id"], epochs["epoch"]))  # every epoch the lost driver printed
+    recorded = json.loads((folder / "study.json").read_text())["classifier_sha256"]
+    assert set(trials["classifier_sha256"]) == {recorded} and set(epochs["classifier_sha256"]) == {recorded}
+    assert trials["checkpoint"].str.startswith("s3://").all()
+    study_uri = storage.replace("?", "/stored?")
+    best = subprocess.run([sys.executable, "study/best.py", study_uri], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert best.returncode == 0 and "checkpoint: s3://" in best.stdout, best.stdout + best.stderr
+    sample = subprocess.run([sys.executable, "study/sample.py", study_uri, "--out", str(tmp_path / "best.png")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0 and (tmp_path / "best.png").stat().st_size > 1000, sample.stderr[-2000:]
+    report = subprocess.run([sys.executable, "study/report.py", study_uri, "--no-details"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "summary.md" in report.stdout, report.stderr[-2000:]
+    from study.storage import exists, join
+
+    for checkpoint in trials["checkpoint"]:  # ended trials keep weights only, in the store too
+        assert exists(join(checkpoint, "decoder.keras")) and not exists(join(checkpoint, "training_state.npz"))
+
+
+# Run inside `unshare --net` (a network namespace whose only interface is lo): a SeaweedFS store, a Ray head with no
+# CPUs, and one worker node in its own mount namespace, where empty tmpfs cover the driver's results folder, the
+# user's data folder and the classifier cache. Everything it started is stopped by process group at the end.
+PRIVATE_CLUSTER = r"""
+set -u
+ip link set lo up
+cleanup() { for group in $WEED $HEAD $WORKER; do kill -9 -- -$group 2>/dev/null; done; }
+trap cleanup EXIT
+setsid weed mini -dir="$TMP/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -bucket=cvae -admin.ui=false -webdav=false \
+    -s3.port=8333 > "$TMP/weed.log" 2>&1 & WEED=$!
+setsid ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=0 --include-dashboard=false \
+    --disable-usage-stats --block > "$TMP/head.log" 2>&1 & HEAD=$!
+setsid unshare --mount sh -c "for hidden in '$RESULTS' '$DATA' '$CVAE_CACHE_DIR'; do mount -t tmpfs tmpfs \$hidden; done;
+    exec ray start --address=127.0.0.1:6379 --node-ip-address=127.0.0.1 --num-cpus=2 --disable-usage-stats --block" \
+    > "$TMP/worker.log" 2>&1 & WORKER=$!
+python -c "
+import time, ray
+ray.init(address='127.0.0.1:6379', logging_level='ERROR')
+deadline = time.time() + 120
+while sum(node['Alive'] for node in ray.nodes()) < 2 and time.time() < deadline:
+    time.sleep(1)
+ray.shutdown()
+" || exit 90
+for attempt in $(seq 60); do curl -s -o /dev/null "http://127.0.0.1:8333/" && break; sleep 1; done
+python study/run.py --space "$SPACE" --address 127.0.0.1:6379 --results-dir "$RESULTS" --data-path "$DATA" \
+    --storage-path "s3://cvae/studies?endpoint_override=127.0.0.1:8333&scheme=http" > "$TMP/driver.log" 2>&1
+echo "driver exit $?"
+python study/best.py "s3://cvae/studies/private?endpoint_override=127.0.0.1:8333&scheme=http" > "$TMP/best.log" 2>&1
+echo "best exit $?"
+ip -o addr show | awk '{print $2}' | sort -u > "$TMP/interfaces.txt"
+"""
+
+
+def test_a_worker_node_that_shares_no_disk_with_the_driver_runs_the_study(tmp_path, write_space, embedded_digits,
+                                                                           classifier_cache):
+    """Inside a private network namespace (only lo): the trials run on a worker node that cannot see the driver's
+    results folder, the user's IDX data or the classifier cache; the driver ships data and classifier, so every
+    trial completes on the worker, on the user's data, measured by the driver's classifier (its SHA-256 in every
+    row), and best.py reads the study back from the store by its URI."""
+    import secrets
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.fail("this test needs util-linux's unshare and iproute2's ip (CI runs as root with both)")
+    images, labels = embedded_digits
+    data = tmp_path / "user-data"
+    write_idx(data, images, labels)  # the embedded digits as a user's IDX folder: the cached classifier fits them
+    space = write_space(tmp_path, "private", """
+        name: private
+        base: model_4
+        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        parameters:
+          grey_weight: {values: [0.1, 0.3]}
+        search: {algorithm: grid, repeats: 1, max_concurrent: 2}
+        scheduler: {type: fifo, max_epochs: 2}
+    """)
+    results = tmp_path / "results"
+    results.mkdir()
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    environment.update(TMP=str(tmp_path), RESULTS=str(results), DATA=str(data), SPACE=str(space),
+                       CVAE_CACHE_DIR=str(classifier_cache), WEED="0", HEAD="0", WORKER="0",
+                       RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),  # Ray's default for `ray start`
+                       # with credentials the store decodes the SDK's chunked uploads (anonymous, weed 4.48 keeps
+                       # the chunk headers inside the object)
+                       AWS_ACCESS_KEY_ID="cvae-private", AWS_SECRET_ACCESS_KEY="cvae-private-secret")
+    done = subprocess.run(["unshare", "--net", "bash", "-c", PRIVATE_CLUSTER], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=900)
+    driver_log = (tmp_path / "driver.log").read_text() if (tmp_path / "driver.log").exists() else ""
+    assert "driver exit 0" in done.stdout, done.stdout + done.stderr[-2000:] + driver_log[-4000:]
+    assert "best exit 0" in done.stdout and "checkpoint: s3://cvae/studies/private/" in (
+        tmp_path / "best.log").read_text(), (tmp_path / "best.log").read_text()[-2000:]
+    assert (tmp_path / "interfaces.txt").read_text().split() == ["lo"]  # nothing it started could reach further
+    assert "Ray: 2 node(s), 2 CPUs" in driver_log and "training the reference classifier" not in driver_log
+    folder = results / "private"
+    trials, epochs = pd.read_csv(folder / "trials.csv"), pd.read_csv(folder / "epochs.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status", "error"]]
+    assert set(trials["dataset_source"]) == {"user:user-data"}
+    recorded = json.loads((folder / "study.json").read_text())["classifier_sha256"]
+    assert set(epochs["classifier_sha256"]) == {recorded} and epochs["node_id"].nunique() == 1
