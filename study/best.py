@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 from cvae.cli import ArgumentParser, exit_with, fail
-from study.mirror import local_study
-from study.results import (BEST_RULE, best_trial, incomplete_note, load_results, metric_pairs, provisional_note,
-                           resolve_path, trial_params)
+from study.results import BEST_RULE, metric_pairs, provisional_note, resolve_path, trial_params
+from study.studies import Study
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:
     parser = ArgumentParser(prog=prog, description=__doc__.split(" — ")[1] + " " + BEST_RULE)
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it)")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI "
+                        "(STORAGE/NAME, as --storage-path and --name made it)")
     args = parser.parse_args(argv)
     try:
-        args.results = local_study(args.results)
-        trials, _, spec = load_results(args.results)
-        note = incomplete_note(trials, spec)
+        study = Study.open(args.results)
+        note = study.incomplete()
         if note:
             print(note, flush=True)  # the first line, whatever follows
-        best = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+        best = study.best()
     except ValueError as error:
         fail(str(error))
-    print(f"study {spec['name']}: {len(trials)} trial(s); objective "
-          + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])))
+    print(f"study {study.spec.name}: {len(study.trials)} trial(s); objective {study.objective}")
     provisional = provisional_note(best)
     if provisional:
         print(provisional)
@@ -32,7 +30,7 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
     print(f"  {'metric':<20} {'validation':>12}" + ("" if provisional else f" {'test':>12}"))
     for name, validation, test in metric_pairs(best):
         print(f"  {name:<20} {validation:>12.5g}" + ("" if provisional else f" {test:>12.5g}"))
-    print(f"checkpoint: {resolve_path(args.results, best['checkpoint'])}")
+    print(f"checkpoint: {resolve_path(study.folder, best['checkpoint'])}")
     return 0
 
 

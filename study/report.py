@@ -12,10 +12,10 @@ import pandas as pd
 
 from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
 from cvae.metrics import TEST_PREFIX
-from study.mirror import local_study
+from study.studies import Study, objective_text
 from study.results import (BEST_RULE, DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE,
                            SEED_PARAMETER, STATUS_COMPLETED, SUMMARY_FILE, best_trial, checkpoint_within,
-                           incomplete_note, load_results, metric_pairs, on_test_split, param_column, pareto_front,
+                           incomplete_note, metric_pairs, on_test_split, param_column, pareto_front,
                            provisional_note, load_details, real_level, replace_atomically, split_label, trial_params)
 
 FINAL, BEST = "final", "best"  # samples.npz keys: "<kind>__<trial_id>"
@@ -219,7 +219,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              f"- trials: {len(trials)} (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
              + ")",
              f"- data: {', '.join(sorted(trials['dataset_source'].dropna().astype(str).unique())) or 'unknown'}",
-             "- objective: " + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])),
+             "- objective: " + objective_text(spec["metrics"], spec["modes"]),
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials",
              "- reference classifier: " + (f"{spec['classifier_accuracy']:.1%} test accuracy (needs "
                                            f"{spec['classifier_required']:.0%})" if "classifier_accuracy" in spec
@@ -335,7 +335,7 @@ def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
     completed, front = completed_front(trials, spec)
     front = front.copy()
     lines = [f"## Pareto front: {len(front)} of {len(completed)} completed trials are non-dominated on validation "
-             + ", ".join(f"{m} ({d})" for m, d in zip(spec["metrics"], spec["modes"])), ""]
+             + objective_text(spec["metrics"], spec["modes"]), ""]
     if front.empty:
         return lines + ["none yet", ""]
     if (level := real_level(front, "grey_fraction")) is not None:
@@ -391,11 +391,11 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
             fail(str(error))
         print(f"pooled {1 + len(args.pool)} studies into {folder}", flush=True)
     try:
-        folder = local_study(folder if args.pool else args.results)
-        trials, epochs, spec = load_results(folder)
+        study = Study.open(folder if args.pool else args.results)
     except ValueError as error:
         fail(str(error))
-    note = incomplete_note(trials, spec)
+    folder, trials, epochs, spec = study.folder, study.trials, study.epochs, study.record
+    note = study.incomplete()
     if note:
         print(note, flush=True)
     import matplotlib

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 
 from cvae.cli import ArgumentParser, exit_with, fail
-from study.mirror import local_study
-from study.results import best_trial, checkpoint_within, incomplete_note, load_results
+from study.studies import Study
 from study.storage import display, is_uri
 
 
@@ -15,16 +14,17 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
         description="Draw digits from the best trial's checkpoint (or --trial ID's). Every other option is passed "
         "to python -m cvae.sample: --out, --digits, --thickness, --samples, --seed, --style IMAGE, --scale.",
     )
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it)")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI "
+                        "(STORAGE/NAME, as --storage-path and --name made it)")
     parser.add_argument("--trial", help="trial id from trials.csv (default: the best trial)")
     args, passed_on = parser.parse_known_args(argv)
     from cvae.sample import main as sample_main, parse_args as parse_sample_args
 
     parse_sample_args(["CHECKPOINT", *passed_on])  # every option checked before any table or model is read
     try:
-        args.results = local_study(args.results)
-        trials, _, spec = load_results(args.results)
-        note = incomplete_note(trials, spec)
+        study = Study.open(args.results)
+        trials = study.trials
+        note = study.incomplete()
         if note:
             print(note, flush=True)  # the first line, whatever follows
         if args.trial:
@@ -33,19 +33,19 @@ def main(argv=None, prog: str = "python study/sample.py") -> int:
                 raise ValueError(f"no trial {args.trial!r}; trials: {', '.join(map(str, trials['trial_id']))}")
             row = chosen.iloc[0]
         else:
-            row = best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
+            row = study.best()
         if not isinstance(row["checkpoint"], str) or not row["checkpoint"]:
             raise ValueError(f"trial {row['trial_id']} has no checkpoint (status {row['status']})")
     except ValueError as error:
         fail(str(error))
     try:
-        checkpoint = checkpoint_within(args.results, row["checkpoint"], spec)
+        checkpoint = study.checkpoint(row["checkpoint"])
     except ValueError as error:
         fail(str(error))
     print(f"trial {row['trial_id']}: {checkpoint}"
           + (f" (a copy of {display(row['checkpoint'])})" if is_uri(row["checkpoint"]) else ""))
-    chosen = "chosen with --trial" if args.trial else f"best by validation {spec['metrics'][0]}"
-    title = (f"study {spec['name']}, trial {row['trial_id']} ({chosen}; {row['status']} after "
+    chosen = "chosen with --trial" if args.trial else f"best by validation {study.spec.metrics[0]}"
+    title = (f"study {study.spec.name}, trial {row['trial_id']} ({chosen}; {row['status']} after "
              f"{row['epochs_run']:.0f} epochs)")
     if "--title" not in passed_on:
         passed_on = [*passed_on, "--title", title]

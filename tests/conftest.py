@@ -159,3 +159,27 @@ def object_store(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+PRIVATE_NETWORK_ENV = "CVAE_TEST_IN_PRIVATE_NETWORK"  # set inside the namespace: the test runs there as it is
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """A test marked `private_network` runs inside a network namespace whose only interface is lo (`unshare
+    --net`, then `ip link set lo up`): a pytest of its own re-runs it in there. A multi-node Ray (`ray start`,
+    ray.cluster_utils) binds every interface; in the namespace every interface is loopback. The inner run keeps
+    its files under this test's tmp_path and shares the session's classifier cache (nothing retrains)."""
+    if pyfuncitem.get_closest_marker("private_network") is None or os.environ.get(PRIVATE_NETWORK_ENV) == "1":
+        return None  # pytest calls the test itself
+    import shutil
+
+    assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux's unshare and iproute2's ip (root)"
+    basetemp = pyfuncitem.config._tmp_path_factory.mktemp("private-network")
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    environment.update({PRIVATE_NETWORK_ENV: "1", "CVAE_TEST_CACHE_DIR": os.environ["CVAE_CACHE_DIR"]})
+    inner = subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -m pytest -q -p no:cacheprovider '
+         '--basetemp "$1" "$2"', sys.executable, str(basetemp / "inner"), pyfuncitem.nodeid],
+        cwd=REPO, env=environment, capture_output=True, text=True)
+    assert inner.returncode == 0 and "1 passed" in inner.stdout, (inner.stdout + inner.stderr)[-6000:]
+    return True

@@ -267,6 +267,7 @@ def test_asha_prunes_trials_and_the_study_finishes(tmp_path, write_space):
     assert (trials.loc[trials["status"] == "pruned", "epochs_run"] < 3).all()
 
 
+@pytest.mark.private_network
 def test_two_node_cluster_survives_losing_a_worker(tmp_path, write_space):
     from ray.cluster_utils import Cluster
 
@@ -486,6 +487,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.private_network
 def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
     """A head started with token authentication: without the token the driver says so in one line; with
     RAY_AUTH_TOKEN it runs the study."""
@@ -732,7 +734,8 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
 
 # Run inside `unshare --net` (a network namespace whose only interface is lo): a SeaweedFS store, a Ray head with no
 # CPUs, and one worker node in its own mount namespace, where empty tmpfs cover the driver's results folder, the
-# user's data folder and the classifier cache. Everything it started is stopped by process group at the end.
+# user's data folder, the classifier cache and the head's Ray session folder (/tmp/ray: a node of its own unpacks
+# and deletes a job's working folder there). Everything it started is stopped by process group at the end.
 PRIVATE_CLUSTER = r"""
 set -u
 ip link set lo up
@@ -740,9 +743,10 @@ cleanup() { for group in $WEED $HEAD $WORKER; do kill -9 -- -$group 2>/dev/null;
 trap cleanup EXIT
 setsid weed mini -dir="$TMP/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -bucket=cvae -admin.ui=false -webdav=false \
     -s3.port=8333 > "$TMP/weed.log" 2>&1 & WEED=$!
-setsid ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=0 --include-dashboard=false \
-    --disable-usage-stats --block > "$TMP/head.log" 2>&1 & HEAD=$!
-setsid unshare --mount sh -c "for hidden in '$RESULTS' '$DATA' '$CVAE_CACHE_DIR'; do mount -t tmpfs tmpfs \$hidden; done;
+setsid ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=0 --dashboard-host=127.0.0.1 \
+    --dashboard-port=8265 --disable-usage-stats --block > "$TMP/head.log" 2>&1 & HEAD=$!
+setsid unshare --mount sh -c "for hidden in '$RESULTS' '$DATA' '$CVAE_CACHE_DIR' /tmp/ray; do mkdir -p \$hidden;
+    mount -t tmpfs tmpfs \$hidden; done;
     exec ray start --address=127.0.0.1:6379 --node-ip-address=127.0.0.1 --num-cpus=2 --disable-usage-stats --block" \
     > "$TMP/worker.log" 2>&1 & WORKER=$!
 python -c "
@@ -759,6 +763,12 @@ python study/run.py --space "$SPACE" --address 127.0.0.1:6379 --results-dir "$RE
 echo "driver exit $?"
 python study/best.py "s3://cvae/studies/private?endpoint_override=127.0.0.1:8333&scheme=http" > "$TMP/best.log" 2>&1
 echo "best exit $?"
+ray job submit --address http://127.0.0.1:8265 --working-dir . -- python study/run.py --space smoke.yaml \
+    --num-samples 1 --results-dir "$TMP/job-results" \
+    --storage-path "s3://cvae/jobs?endpoint_override=127.0.0.1:8333&scheme=http" > "$TMP/job.log" 2>&1
+echo "job exit $?"
+python study/best.py "s3://cvae/jobs/smoke?endpoint_override=127.0.0.1:8333&scheme=http" > "$TMP/job_best.log" 2>&1
+echo "job best exit $?"
 ip -o addr show | awk '{print $2}' | sort -u > "$TMP/interfaces.txt"
 """
 
@@ -768,7 +778,8 @@ def test_a_worker_node_that_shares_no_disk_with_the_driver_runs_the_study(tmp_pa
     """Inside a private network namespace (only lo): the trials run on a worker node that cannot see the driver's
     results folder, the user's IDX data or the classifier cache; the driver ships data and classifier, so every
     trial completes on the worker, on the user's data, measured by the driver's classifier (its SHA-256 in every
-    row), and best.py reads the study back from the store by its URI."""
+    row), and best.py reads the study back from the store by its URI. Then the same cluster runs a study submitted
+    as a Ray job (`ray job submit --working-dir .`, the job server on 127.0.0.1), also read back from the store."""
     import secrets
 
     if shutil.which("unshare") is None or shutil.which("ip") is None:
@@ -800,6 +811,9 @@ def test_a_worker_node_that_shares_no_disk_with_the_driver_runs_the_study(tmp_pa
     assert "driver exit 0" in done.stdout, done.stdout + done.stderr[-2000:] + driver_log[-4000:]
     assert "best exit 0" in done.stdout and "checkpoint: s3://cvae/studies/private/" in (
         tmp_path / "best.log").read_text(), (tmp_path / "best.log").read_text()[-2000:]
+    job_log = (tmp_path / "job.log").read_text()
+    assert "job exit 0" in done.stdout and "succeeded" in job_log, job_log[-4000:]  # the driver ran as a Ray job
+    assert "checkpoint: s3://cvae/jobs/smoke/" in (tmp_path / "job_best.log").read_text()
     assert (tmp_path / "interfaces.txt").read_text().split() == ["lo"]  # nothing it started could reach further
     assert "Ray: 2 node(s), 2 CPUs" in driver_log and "training the reference classifier" not in driver_log
     folder = results / "private"

@@ -1,0 +1,124 @@
+"""What a study run says when it ends: the disk its checkpoints take, the best trial and what to run next, or,
+when a disk filled, where and how to continue."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from study.preflight import disk_needed_mb
+
+
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
+
+
+EXIT_DISK_FULL = 1  # an error, not an interruption: the study stopped; --resume continues once space is freed
+
+
+def stop_for_disk(error: Exception, study, args) -> int:
+    """The study stopped because a disk filled: one line saying which folder, how full, and how to continue."""
+    from study.storage import is_uri
+
+    spec, results_dir = study.spec, study.folder
+    folder = getattr(error, "filename", None) or (results_dir if is_uri(study.storage) else study.storage)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:,.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    needed = disk_needed_mb(spec, args.keep_checkpoints)
+    marked = mark_interrupted(results_dir)
+    print(f"error: disk full: {folder} ({free}) could not take the study's next write, so it stopped; the tables "
+          f"hold every epoch written so far{marked}. Free about {needed:,.0f} MB there, then: python study/run.py "
+          f"--space {args.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
+    return EXIT_DISK_FULL
+
+
+def mark_interrupted(results_dir: Path) -> str:
+    """Mark the trials a stopped study left running as interrupted, as Ctrl-C does; returns what the stop line
+    adds when that rewrite did not fit either (--resume treats running and interrupted rows alike)."""
+    from study.results import STATUS_PENDING, STATUS_RUNNING, load_records, trial_status, write_trials
+
+    records = load_records(results_dir)
+    for record in records:
+        record.interrupted = trial_status(record) in (STATUS_RUNNING, STATUS_PENDING)
+    try:
+        write_trials(results_dir, records)
+    except OSError:
+        return " (its running trials still read `running`: there was no room to mark them interrupted)"
+    return ""
+
+
+def report_disk(study, records) -> None:
+    """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
+    again); then print what the study's checkpoints take on disk."""
+    from study.results import ENDED, resolve_path, trial_status
+    from study.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
+
+    experiment, results_dir = study.experiment, study.folder
+    if not exists(experiment):
+        return
+    freed = 0
+    for record in records:
+        if record.checkpoint and trial_status(record) in ENDED:
+            for checkpoint in kept_checkpoints(str(resolve_path(results_dir, record.checkpoint))):
+                freed += strip_training_state_at(checkpoint)
+    print(f"disk: {folder_bytes(experiment) / 1e6:.0f} MB of checkpoints and logs in {display(experiment)}"
+          + (f" ({freed / 1e6:.0f} MB of ended trials' optimizer state removed)" if freed else ""), flush=True)
+
+
+def summarise(study, trials) -> None:
+    from cvae.metrics import TEST_PREFIX
+    from study.results import provisional_note, resolve_path, trial_params
+
+    spec, results_dir = study.spec, study.folder
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    print(f"\n{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    try:
+        best = study.best(trials)
+    except ValueError as error:
+        print(f"no best trial: {error}")
+        return
+    params = trial_params(best)
+    provisional = provisional_note(best)
+    if provisional:
+        print(provisional)
+    print(f"best trial {best['trial_id']} (chosen on validation {', '.join(spec.metrics)}): " +
+          ", ".join(f"{k}={v}" for k, v in params.items()))
+    shown = ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_gap", "collapse_rate")
+    if not provisional:
+        print("  test:       " + ", ".join(f"{m}={best.get(TEST_PREFIX + m, float('nan')):.4g}" for m in shown))
+    print("  validation: " + ", ".join(f"{m}={best[m]:.4g}" for m in shown))
+    print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
+    print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
+    print("next:\n"
+          f"  python study/report.py {results_dir}      # figures, summary.md, claim verdicts\n"
+          f"  python study/best.py {results_dir}\n"
+          f"  python study/sample.py {results_dir} --out best.png")
+
+
+def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) -> int:
+    """The tables written whole (and copied to the storage), the disk line, the trackers closed, the summary."""
+    from study.results import STATUS_ERROR, incomplete_note, load_records, write_tables
+    from study.tuner import finish_records, remove_orphan_folders
+
+    records = finish_records(grid, study.spec, load_records(study.folder), study.storage)
+    trials, _ = write_tables(study.folder, records)
+    if mirror:
+        mirror.snapshot()
+    remove_orphan_folders(study.experiment, set(trials["trial_id"]) if len(trials) else set())
+    report_disk(study, records)
+    for tracker in trackers:
+        tracker.finish(records, study.folder)
+    note = incomplete_note(trials, study.spec.to_dict(), space)
+    if note:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
+        print(f"stopped after {seconds:.0f} s; {note}", flush=True)
+    else:
+        print(f"finished in {seconds:.0f} s")
+    summarise(study, trials)
+    errors = int((trials["status"] == STATUS_ERROR).sum()) if len(trials) else 0
+    if errors:
+        print(f"{errors} trial(s) failed with an error (the `error` column of {study.folder / 'trials.csv'})",
+              file=sys.stderr)
+        return 1
+    return EXIT_INTERRUPTED if note else 0

@@ -1,0 +1,43 @@
+"""deploy/: the cluster definitions load and run a study command line this version accepts."""
+
+import shlex
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _study_command(entrypoint: str):
+    """The flags of a `python study/run.py ...` entrypoint, parsed and checked as run.py checks them."""
+    from study.run import parse_args
+    from study.space import load_spec
+
+    words = shlex.split(entrypoint)
+    assert words[:2] == ["python", "study/run.py"], entrypoint
+    args = parse_args(words[2:])
+    load_spec(args.space)  # the study file it names exists and validates
+    return args
+
+
+def test_the_rayjob_runs_a_valid_study_on_object_storage():
+    job = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    args = _study_command(job["spec"]["entrypoint"])
+    assert args.storage_path.startswith("s3://")  # nodes share no disk: the study lives in the store
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["AWS_ENDPOINT_URL"].startswith("http")
+    import ray
+
+    assert cluster["rayVersion"] == ray.__version__  # the image's Ray is the one this version is tested with
+
+
+def test_the_cluster_launcher_installs_the_project_and_starts_a_head_without_trials():
+    config = yaml.safe_load((REPO / "deploy" / "cluster.yaml").read_text())
+    assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert any("pip install" in command and "cvae-study[cluster]" in command for command in config["setup_commands"])
+    assert any("--head" in command for command in config["head_start_ray_commands"])
+    assert config["file_mounts"] == {"~/cvae-study": "."}
+    submit = next(line for line in (REPO / "deploy" / "cluster.yaml").read_text().splitlines()
+                  if "python study/run.py" in line)
+    _study_command(submit.lstrip("# ").strip())
