@@ -16,6 +16,7 @@ from study import results
 from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
 from study.evidence import mean_interval
+from study.space import Parameter
 
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
@@ -309,8 +310,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
             scaled[name] = column.map(codes).astype(float) / max(len(codes) - 1, 1)
         else:
             values = column.astype(float)
-            log = any(p["name"] == name and (p["distribution"] == "log_uniform" or p.get("log"))
-                      for p in spec["parameters"])
+            log = any(p.name == name and p.log_scaled for p in map(Parameter.from_dict, spec["parameters"]))
             values = np.log(values) if log and (values > 0).all() else values
             span = values.max() - values.min()
             scaled[name] = (values - values.min()) / span if span > 0 else values * 0 + 0.5

@@ -116,6 +116,16 @@ class Parameter:
     values: tuple = ()
     step: int | None = None
 
+    @property
+    def log_scaled(self) -> bool:
+        """Searched on a log scale (log_uniform, or log: true): figures draw its axis on one too."""
+        return self.distribution == "log_uniform" or self.log
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Parameter":
+        """A parameter as study.json records it (dataclasses.asdict) back to a Parameter."""
+        return cls(**{**data, "values": tuple(data.get("values") or ())})
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -197,7 +207,7 @@ class StudySpec:
             elif p.distribution == "int":
                 result[p.name] = distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=p.step or 1)
             else:
-                result[p.name] = distributions.FloatDistribution(p.low, p.high, log=p.distribution == "log_uniform" or p.log)
+                result[p.name] = distributions.FloatDistribution(p.low, p.high, log=p.log_scaled)
         return result
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +218,7 @@ class StudySpec:
         """The inverse of to_dict (a results folder's study.json back to a spec; what the start recorded besides
         the spec, e.g. the classifier's accuracy, is left out)."""
         data = {key: value for key, value in data.items() if key in {f.name for f in dataclasses.fields(cls)}}
-        parameters = tuple(Parameter(**{**p, "values": tuple(p.get("values") or ())}) for p in data.get("parameters", ()))
+        parameters = tuple(Parameter.from_dict(p) for p in data.get("parameters", ()))
         tuples = {key: tuple(data[key]) for key in ("metrics", "modes") if key in data}
         return cls(**{**data, "parameters": parameters, **tuples})
 

@@ -23,6 +23,7 @@ from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_P
                            EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
+from study.adapters import run_config_of, searcher_has_finished, searcher_trial, tell_searcher
 from study.storage import DiskFull, is_disk_full, is_uri, remove_partial_files, storage_filesystem, uri_of
 from study.trainable import run_trial
 
@@ -61,16 +62,16 @@ class StudySearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         status = (result or {}).get("status")
-        if error or status == STATUS_COMPLETED or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+        if (error or status == STATUS_COMPLETED or searcher_trial(self, trial_id) is None
+                or searcher_has_finished(self, trial_id)):
             return super().on_trial_complete(trial_id, result, error)
         from optuna.trial import TrialState
 
         state = TrialState.PRUNED if status == STATUS_RUNNING else TrialState.FAIL
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+            tell_searcher(self, trial_id, state)
         except Exception as exc:  # noqa: BLE001 (Optuna refuses e.g. a second tell; the study goes on)
             logger.warning(exc)
-        self._completed_trials.add(trial_id)
 
 
 def make_searcher(spec, storage: str | None):
@@ -414,9 +415,7 @@ def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple
         experiment_path, trainable=make_trainable(spec, inputs=inputs), resume_unfinished=True, resume_errored=True,
         param_space=param_space(spec) or None, storage_filesystem=storage_filesystem(experiment_path),
     )
-    restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
-    if restored is None:
-        raise RuntimeError("this Ray version keeps the restored run configuration elsewhere; see restore_tuner")
+    restored = run_config_of(tuner)
     restored.callbacks = [StudyProgress(spec, results_dir, experiment_path, mirror), *trackers]
     return tuner
 

@@ -183,3 +183,93 @@ def pytest_pyfunc_call(pyfuncitem):
         cwd=REPO, env=environment, capture_output=True, text=True)
     assert inner.returncode == 0 and "1 passed" in inner.stdout, (inner.stdout + inner.stderr)[-6000:]
     return True
+
+
+# Fake studies for the analysis tests (figures, verdicts): tables shaped like a study's, numbers made to order.
+import numpy as np  # noqa: E402 (only the fake studies need them)
+import pandas as pd  # noqa: E402
+
+from cvae.metrics import METRICS, SAMPLE_METRICS, TEST_PREFIX  # noqa: E402
+
+FAKE_EPOCHS = {"model_1": 8, "model_2": 8, "model_3": 40, "model_4": 9, "model_5": 41}
+
+
+def _metric_values(rng, **shift):
+    values = {name: float(rng.uniform(0.4, 0.6)) for name in METRICS}
+    values.update(fid=float(rng.uniform(40, 60)), thickness_corr=float(rng.uniform(0.9, 0.95)))
+    for name, offset in shift.items():
+        values[name] += offset
+    for name in SAMPLE_METRICS:  # the test split agrees with validation here
+        values[TEST_PREFIX + name] = values[name]
+    return values
+
+
+def _models_tables(grey_shift=-0.3, seeds=3):
+    """trials, epochs, details of a fake Model 1-5 study; model_4/5 get grey_fraction shifted by grey_shift."""
+    rng = np.random.default_rng(0)
+    trials, epochs, details = [], [], []
+    for preset in FAKE_EPOCHS:
+        for seed in range(seeds):
+            trial_id = f"{preset}-{seed}"
+            shift = {"grey_fraction": grey_shift} if preset in ("model_4", "model_5") else {}
+            final = _metric_values(rng, **shift)
+            trials.append({"trial_id": trial_id, "param_preset": preset, "param_seed": seed, "status": "completed",
+                           "epochs_run": FAKE_EPOCHS[preset], "wall_time_s": 60.0, "dataset_source": "embedded-mnist-5k",
+                           **final})
+            for epoch in range(1, 4):
+                epochs.append({"trial_id": trial_id, "param_preset": preset, "param_seed": seed, "epoch": epoch,
+                               **_metric_values(rng)})
+            for digit in range(10):
+                for requested in np.linspace(-1, 1, 9):
+                    # global (model_1) draws "1" wider than real; per_class matches
+                    excess = 0.4 if (preset == "model_1" and digit == 1) else 0.0
+                    details.append({"trial_id": trial_id, "digit": digit, "requested_thickness": requested,
+                                    "measured_thickness": requested * 0.9 + rng.normal(0, 0.01),
+                                    "relative_width": 1.0 + excess + rng.normal(0, 0.01),
+                                    "real_relative_width": 1.0})
+    return pd.DataFrame(trials), pd.DataFrame(epochs), pd.DataFrame(details)
+
+
+def _search_tables(collapse_from_start=True):
+    """A fake grey_loss study: 12 trials; warm-up 0 with a big weight collapses if collapse_from_start."""
+    rng, settings = np.random.default_rng(1), np.random.default_rng(2)  # settings do not move when metrics are added
+    trials, epochs = [], []
+    for number in range(12):
+        weight, warmup = float(10 ** settings.uniform(-2, 0.5)), int(number % 3)
+        mode = ("global", "per_class")[number % 2]
+        final = _metric_values(rng, grey_fraction=-0.3 * np.log10(weight))
+        collapses = collapse_from_start and warmup == 0 and weight > 0.3
+        final["collapse_rate"] = 0.9 if collapses else 0.01
+        trial_id = f"t{number:02d}"
+        params = {"param_grey_weight": weight, "param_grey_threshold": float(settings.uniform(0, 0.2)),
+                  "param_warmup_epochs": warmup, "param_condition_mode": mode,
+                  "param_latent_dim": int(settings.integers(2, 64))}
+        trials.append({"trial_id": trial_id, **params, "status": "completed" if number % 4 else "pruned",
+                       "epochs_run": 6, "wall_time_s": 30.0, "dataset_source": "embedded-mnist-5k", **final})
+        for epoch in range(1, 7):
+            row = _metric_values(rng, fid=-2.0 * epoch, class_accuracy=0.02 * epoch)
+            row["collapse_rate"] = 0.9 if collapses else 0.01
+            epochs.append({"trial_id": trial_id, **params, "epoch": epoch, **row})
+    return pd.DataFrame(trials), pd.DataFrame(epochs)
+
+
+@pytest.fixture(scope="session")
+def models_tables():
+    """A builder of (trials, epochs, details) of a fake Model 1-5 study (see _models_tables)."""
+    return _models_tables
+
+
+@pytest.fixture(scope="session")
+def search_tables():
+    """A builder of (trials, epochs) of a fake grey_loss search (see _search_tables)."""
+    return _search_tables
+
+
+@pytest.fixture(scope="session")
+def grey_spec():
+    """grey_loss.yaml's spec as study.json holds it."""
+    from study.space import load_spec
+
+    spec = load_spec("grey_loss.yaml").to_dict()
+    spec["parameters"] = [dict(p, values=list(p["values"])) for p in spec["parameters"]]
+    return spec

@@ -1,10 +1,12 @@
 """The benchmarks' own arithmetic, on tables made here (the benchmarks themselves are run by hand)."""
 
 import importlib.util
+from pathlib import Path
 
 import pandas as pd
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+
 
 
 def load(name):

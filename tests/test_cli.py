@@ -5,7 +5,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+
 
 CVAE_STUDY = Path(sysconfig.get_path("scripts")) / "cvae-study"  # installed by pip install -e .
 

@@ -1,10 +1,12 @@
 """deploy/: the cluster definitions load and run a study command line this version accepts."""
 
 import shlex
+from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+
 
 
 def _study_command(entrypoint: str):

@@ -6,10 +6,13 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+pytestmark = pytest.mark.slow  # hundreds of subprocesses (each command's own start-up)
+
 
 GOOD = textwrap.dedent("""\
     name: ok

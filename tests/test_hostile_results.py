@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+pytestmark = pytest.mark.slow  # hundreds of subprocesses (each command's own start-up)
+
 
 BASE = REPO / "results" / "reference" / "grey_warmup"  # a real study's tables, details and samples (no checkpoints)
 MAX_RSS_MB = 1500  # a command's peak memory on any of these folders

@@ -60,26 +60,6 @@ def test_fid_and_accuracy_prefer_real_over_blurred_and_blank(halves):
     assert fid["real"] < fid["blurred"] < fid["blank"], fid
 
 
-@pytest.mark.slow
-def test_the_driver_reads_a_valid_cache_without_tensorflow(tmp_path, monkeypatch):
-    """cached_accuracy (what a study's driver calls before Ray starts) agrees with the loaded classifier and trusts
-    no cache that load_classifier would not."""
-    import shutil
-
-    from cvae.classifier import cached_accuracy, load_classifier
-
-    classifier = load_classifier("mnist-5k")
-    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
-    assert cached_accuracy("mnist-5k", test_fraction=0.2) is None  # other splits: a classifier not trained yet
-    copy = tmp_path / "cache"
-    shutil.copytree(classifier.path.parent, copy)
-    monkeypatch.setenv("CVAE_CACHE_DIR", str(copy))
-    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
-    with open(copy / classifier.path.name, "ab") as tampered:
-        tampered.write(b"!")
-    assert cached_accuracy("mnist-5k") is None  # the checksum no longer matches: the child retrains it
-
-
 def test_thickness_agreement():
     requested = np.linspace(-1, 1, 20)
     assert metrics.thickness_agreement(requested, requested) == (1.0, 0.0)
@@ -92,26 +72,3 @@ def test_metric_names_are_defined_once_with_directions():
                                      "class_parity", "grey_fraction", "ink_w1", "collapse_rate"}
     assert metrics.METRICS["class_accuracy"].mode == "max" and metrics.METRICS["fid"].mode == "min"
     assert all(m.mode in ("min", "max") for m in metrics.METRICS.values())
-
-
-def test_corrupt_classifier_cache_is_not_trusted(tmp_path):
-    import hashlib
-    import json
-
-    from cvae.classifier import _load_cached
-
-    model, info = tmp_path / "classifier.keras", tmp_path / "classifier.json"
-    model.write_bytes(b"not a keras archive")
-    good_sha = hashlib.sha256(model.read_bytes()).hexdigest()
-    # checksum matches but the file is no model: rejected
-    info.write_text(json.dumps({"fingerprint": "abc", "sha256": good_sha, "test_accuracy": 0.99}))
-    with pytest.warns(UserWarning, match="unusable"):
-        assert _load_cached(model, info, "abc") is None
-    # tampered file (checksum mismatch) and a cache for other digits (fingerprint mismatch): rejected
-    for sha, fingerprint in (("0" * 64, "abc"), (good_sha, "other-digits")):
-        info.write_text(json.dumps({"fingerprint": "abc", "sha256": sha, "test_accuracy": 0.99}))
-        with pytest.warns(UserWarning, match="checksum or dataset fingerprint mismatch"):
-            assert _load_cached(model, info, fingerprint) is None
-    info.write_text("{ truncated")
-    with pytest.warns(UserWarning, match="unusable"):
-        assert _load_cached(model, info, "abc") is None

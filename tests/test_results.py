@@ -3,14 +3,28 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from study.results import (EPOCHS_FILE, SPEC_FILE, TRIALS_FILE, EpochLog, TrialRecord, best_trial, epoch_row,
-                           incomplete_note, load_records, load_results, trial_status, write_tables)
-from tests.conftest import REPO
+from study.results import (
+    EPOCHS_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
+    EpochLog,
+    TrialRecord,
+    best_trial,
+    epoch_row,
+    incomplete_note,
+    load_records,
+    load_results,
+    trial_status,
+    write_tables,
+)
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
 SPEC = {"name": "tables", "path": "search_spaces/tables.yaml", "metrics": ["fid"], "modes": ["min"],
         "algorithm": "optuna", "num_samples": 4, "parameters": []}
@@ -132,19 +146,6 @@ def test_damaged_tables_are_refused(tmp_path, how):
 def test_intact_tables_load(tmp_path):
     trials, epochs, _ = load_results(write_study(tmp_path / "s"))
     assert len(trials) == 4 and len(epochs) == 4 and np.isnan(trials.set_index("trial_id").loc["broken", "fid"])
-
-
-def test_only_folders_of_unknown_trials_are_removed(tmp_path):
-    from study.tuner import remove_orphan_folders
-
-    names = ["run_trial_bf303_00000_0_preset=model_1,seed=0_2026-11-24_18-56-24",  # a grid trial: "_" in its id
-             "run_trial_3286c70b_2_grey_weight=0.1744_2026-11-25_21-55-44",
-             "run_trial_436650dc_3_grey_weight=0.4326_2026-11-25_21-56-03"]  # never recorded in the tables
-    for name in names:
-        (tmp_path / name / "checkpoint_000000").mkdir(parents=True)
-    removed = remove_orphan_folders(str(tmp_path), {"bf303_00000", "3286c70b", "bf303_00001"})
-    assert removed == [names[2]] and sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:2])
-    assert remove_orphan_folders("s3://bucket/study", set()) == []  # remote storage is left alone
 
 
 def test_shipped_results_hold_no_path_of_the_machine_that_made_them():

@@ -3,11 +3,13 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from study.space import SPACES_DIR, SpecError, load_spec
-from tests.conftest import REPO
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
 GOOD = textwrap.dedent("""
     name: ok

@@ -6,10 +6,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
+
 
 # A child copies a 2 MB file over an old one with pyarrow.fs.copy_files (what Tune's sync does), through a source
 # that hands over the first half and then blocks, so the parent can SIGKILL it mid-copy every time.
@@ -149,9 +151,23 @@ def test_locations_and_files_on_a_real_object_store(object_store, tmp_path):
     and an endpoint with nothing behind it is one reason in seconds."""
     import json
 
-    from study.storage import (beside, check_writable, display, exists, fetch_folder, folder_bytes, is_uri, join,
-                               kept_checkpoints, list_names, read_bytes, strip_training_state_at, uri_of, within,
-                               write_bytes)
+    from study.storage import (
+        beside,
+        check_writable,
+        display,
+        exists,
+        fetch_folder,
+        folder_bytes,
+        is_uri,
+        join,
+        kept_checkpoints,
+        list_names,
+        read_bytes,
+        strip_training_state_at,
+        uri_of,
+        within,
+        write_bytes,
+    )
 
     base = object_store("locations")
     bucket_path = base.split("://")[1].split("?")[0]  # what pyarrow and Tune call the path: bucket/key

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cvae.metrics import METRICS, TEST_METRICS, TEST_PREFIX
-from tests.conftest import REPO
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +77,8 @@ def test_checkpoint_holds_everything_needed(tiny_run, tiny_config):
 
 
 def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
-    from cvae.model import build_cvae
     from cvae.checkpoint import restore_checkpoint
+    from cvae.model import build_cvae
     from cvae.train import train
 
     reports, _, checkpoint = tiny_run
