@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from cvae.runtime import VERBOSE_ENV
+from cvae.datasets import DATASET_INFO
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; every CLI uses it for every refused input
 
 # The one mapping from command-line flags to TrialConfig fields: field -> (type, help). `--data-path` sets
 # data_path, and so on; cvae.train applies them to its preset, study/run.py to the study's `fixed:`.
 CONFIG_FLAGS = {
-    "dataset": (str, "mnist (full MNIST; the embedded 5k sample when offline), mnist-5k or fashion-mnist"),
+    "dataset": (str, "; ".join(f"{name}: {info.description}" for name, info in DATASET_INFO.items())),
     "data_path": (str, "a folder of MNIST IDX files (.gz or not) or a keras mnist.npz, relative to where you run"),
     "max_train_samples": (int, "train on a stratified subset of this many images (0 = all)"),
     "epochs": (int, "epochs to train"),

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.config import DATASETS, FASHION_MNIST, MNIST, MNIST_5K
+from cvae.config import DATASETS, FASHION_MNIST, MNIST
+from cvae.datasets import DATASET_INFO, dataset_info
+
 NUM_CLASSES = 10
-# Fashion-MNIST's label order (its README); MNIST's classes are their own digits
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
 IMAGE_SHAPE = (28, 28)
 CONDITION_DIM = NUM_CLASSES + 1
 SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 DOWNLOAD_TIMEOUT_S = 15.0
 DOWNLOAD_RETRY_S = 24 * 3600  # after a failed download, the next attempt waits this long
 OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
@@ -32,10 +30,8 @@ _failed_downloads: set[str] = set()  # a failed download is not retried in the s
 
 def class_name(label: int, source: str | None = None) -> str:
     """How a class reads in text: "digit 1", or "class 1 (Trouser)" for Fashion-MNIST (a dataset name or a
-    recorded source such as "system:fashion-mnist")."""
-    if source and "fashion" in str(source).lower():
-        return f"class {label} ({FASHION_CLASSES[label]})"
-    return f"digit {label}"
+    recorded source such as "system:fashion-mnist"; cvae.datasets holds each dataset's class names)."""
+    return dataset_info(source).class_name(label)
 
 
 class DatasetError(RuntimeError):
@@ -255,25 +251,26 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
     Raises:
         DatasetError naming every place that was tried.
     """
-    if name == MNIST_5K:
+    if name not in DATASET_INFO:
+        raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    info = DATASET_INFO[name]
+    if info.embedded:
         images, labels = read_embedded()
         return Dataset(images, labels, "embedded-mnist-5k", name)
-    if name not in (MNIST, FASHION_MNIST):
-        raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if data_path:
         images, labels = read_user_path(data_path)
         # the folder's name only: results tables must not hold this machine's paths
         return Dataset(images, labels.astype(np.int64), f"user:{Path(data_path).name}", name)
 
     tried = []
-    cache_file = keras_cache_dir() / ("mnist.npz" if name == MNIST else FASHION_MNIST)
+    cache_file = keras_cache_dir() / info.keras_cache
     try:
-        images, labels = read_npz(cache_file) if name == MNIST else read_idx_folder(cache_file)
+        images, labels = read_npz(cache_file) if cache_file.suffix == ".npz" else read_idx_folder(cache_file)
         return Dataset(images, labels.astype(np.int64), f"keras-cache:{cache_file.name}", name)
     except (OSError, DatasetError, ValueError) as error:
         tried.append(f"keras cache {cache_file} ({type(error).__name__})")
-    if name == FASHION_MNIST:
-        for folder in FASHION_MNIST_DIRS:
+    if info.system_dirs:
+        for folder in info.system_dirs:
             try:
                 images, labels = read_idx_folder(folder)
                 # the folder's name only: results tables must not hold this machine's paths
@@ -296,7 +293,7 @@ def load_dataset(name: str, data_path: str = "") -> Dataset:
             _failed_downloads.add(name)
             _touch(marker)
             tried.append(f"keras download ({type(error).__name__}: {str(error)[:80]})")
-    if name == MNIST:
+    if info.falls_back:
         if os.environ.get(FALLBACK_NOTED_ENV) != "1":
             warnings.warn(
                 "full MNIST not found (tried " + "; ".join(tried) + "); FALLING BACK to the embedded "

@@ -232,6 +232,22 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                   "numbers are in trials.csv (the columns without `test_`).", "",
                   markdown_table(format_model_table(table), "metric"), ""]
         lines += loss_ordering(table)
+    lines += best_trial_section(trials, finished, spec)
+    if len(spec["metrics"]) > 1:
+        lines += pareto_section(trials, spec)
+    lines += ["## Claims (a)–(e) of the design, [docs/design.md](../../docs/design.md#claims)", ""]
+    lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
+    lines += ["", verdict_rules(), ""]
+    if figure_names:
+        lines += ["## Figures", ""] + [f"![{name}]({FIGURES_DIR}/{name}.png)" for name in figure_names] + [""]
+    text = "\n".join(lines)
+    replace_atomically(text, folder / SUMMARY_FILE)  # replaces a link instead of writing through it
+    return text
+
+
+def best_trial_section(trials, finished, spec) -> list[str]:
+    """summary.md's best trial (with its test and validation numbers) and the top trials, or why there is none."""
+    lines = []
     try:
         best = None if varies_presets(trials) else best_trial(trials, tuple(spec["metrics"]), tuple(spec["modes"]))
     except ValueError as error:
@@ -254,16 +270,7 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
                    "collapse_rate", "class_accuracy"]
         top = finished.sort_values(spec["metrics"][0], ascending=spec["modes"][0] == "min").head(8)
         lines += [markdown_table(top.set_index("trial_id")[columns], "trial"), ""]
-    if len(spec["metrics"]) > 1:
-        lines += pareto_section(trials, spec)
-    lines += ["## Claims (a)–(e) of the design, [docs/design.md](../../docs/design.md#claims)", ""]
-    lines += [f"- {verdict.line()}" for verdict in verdicts_for(trials, epochs, details, spec)]
-    lines += ["", verdict_rules(), ""]
-    if figure_names:
-        lines += ["## Figures", ""] + [f"![{name}]({FIGURES_DIR}/{name}.png)" for name in figure_names] + [""]
-    text = "\n".join(lines)
-    replace_atomically(text, folder / SUMMARY_FILE)  # replaces a link instead of writing through it
-    return text
+    return lines
 
 
 def verdict_rules() -> str:
@@ -355,13 +362,15 @@ def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:
     return lines
 
 
-def main(argv=None, prog: str = "python study/report.py") -> int:
+def parse_args(argv, prog: str):
     parser = ArgumentParser(
         prog=prog,
         description="Write figures/*.png and summary.md for a study's results folder. Per-class thickness sweeps "
         "and sample grids are drawn once from the checkpoints into details.csv and samples.npz, so the folder "
         "stays reportable after the checkpoints are deleted.")
-    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI (STORAGE/NAME, as --storage-path and --name made it); figures and summary.md then go into a local copy)")
+    parser.add_argument("results", help="a study's results folder, e.g. results/grey_loss, or its storage URI "
+                        "(STORAGE/NAME, as --storage-path and --name made it; figures and summary.md then go into a "
+                        "local copy)")
     parser.add_argument("--refresh-details", action="store_true",
                         help="redraw details.csv / samples.npz from the checkpoints even if they exist")
     parser.add_argument("--no-details", action="store_true",
@@ -378,20 +387,28 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
         fail(f"--dpi must be in [20, 600], got {args.dpi}")
     if bool(args.pool) != bool(args.out):
         fail("--pool and --out go together: report.py FIRST --pool MORE --out POOLED")
-    folder = Path(args.results)
-    if args.pool:
-        from study.pooling import pool
+    return args
 
-        folder = Path(args.out)
-        if folder.resolve() in {Path(f).resolve() for f in (args.results, *args.pool)}:
-            fail(f"--out {folder} is one of the pooled studies; name a new folder")
-        try:
-            pool([Path(args.results), *map(Path, args.pool)], folder)
-        except ValueError as error:
-            fail(str(error))
-        print(f"pooled {1 + len(args.pool)} studies into {folder}", flush=True)
+
+def pool_studies(args) -> Path:
+    """--pool: the pooled study's folder, made from the first study and the others (exit 2 if they differ)."""
+    from study.pooling import pool
+
+    folder = Path(args.out)
+    if folder.resolve() in {Path(f).resolve() for f in (args.results, *args.pool)}:
+        fail(f"--out {folder} is one of the pooled studies; name a new folder")
     try:
-        study = Study.open(folder if args.pool else args.results)
+        pool([Path(args.results), *map(Path, args.pool)], folder)
+    except ValueError as error:
+        fail(str(error))
+    print(f"pooled {1 + len(args.pool)} studies into {folder}", flush=True)
+    return folder
+
+
+def main(argv=None, prog: str = "python study/report.py") -> int:
+    args = parse_args(argv, prog)
+    try:
+        study = Study.open(pool_studies(args) if args.pool else args.results)
     except ValueError as error:
         fail(str(error))
     folder, trials, epochs, spec = study.folder, study.trials, study.epochs, study.record

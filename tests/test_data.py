@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import struct
 import warnings
@@ -165,7 +166,10 @@ def test_a_failed_download_is_remembered_for_a_day(tmp_path, monkeypatch):
 
 def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "none"),))
+    from cvae.datasets import DATASET_INFO
+
+    monkeypatch.setitem(DATASET_INFO, "fashion-mnist", dataclasses.replace(DATASET_INFO["fashion-mnist"],
+                                                                         system_dirs=(str(tmp_path / "none"),)))
     monkeypatch.setattr(data, "download_keras", lambda name: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(data.DatasetError, match="dataset 'fashion-mnist' not found; tried"):
         data.load_dataset("fashion-mnist")
