@@ -538,10 +538,13 @@ def _check_numbers(table: pd.DataFrame, where: str) -> None:
 
 
 def planned_trials(spec: dict) -> int:
-    """How many trials the study file asks for (grid points x repeats, or num_samples)."""
-    if spec.get("algorithm") == "grid":
-        return math.prod(len(p.get("values") or ()) for p in spec.get("parameters", ())) * int(spec.get("repeats", 1))
-    return int(spec.get("num_samples", 0))
+    """How many trials a study.json's study asks for (StudySpec.planned_trials: counted where the grid is made)."""
+    from study.space import StudySpec
+
+    try:
+        return StudySpec.from_dict({"path": "", **spec}).planned_trials
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"study.json does not describe a study's trials ({str(error)[:120]})") from None
 
 
 def incomplete_note(trials: pd.DataFrame, spec: dict, space: str | None = None) -> str | None:

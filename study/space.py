@@ -177,6 +177,11 @@ class StudySpec:
         _check_semantics(spec, spec.path)
         return spec
 
+    @property
+    def planned_trials(self) -> int:
+        """How many trials the study asks for: every grid point with each of its seeds, or num_samples."""
+        return len(self.grid()) if self.algorithm == "grid" else self.num_samples
+
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point (for algorithm: grid), each repeated with seeds first_seed..first_seed+repeats-1."""
         names = [p.name for p in self.parameters]

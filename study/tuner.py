@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from cvae.cli import error_cause
 from cvae.metrics import STATUS_COMPLETED
 from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
-                           EpochLog, TrialRecord, best_trial, epoch_row, load_records, planned_trials, trial_row,
+                           EpochLog, TrialRecord, best_trial, epoch_row, load_records, trial_row,
                            trial_status, write_trials)
 from study.space import open_storage
 from study.adapters import run_config_of, searcher_has_finished, searcher_trial, tell_searcher
@@ -329,7 +329,7 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_ru
     A trial counts as ended once Tune has ended it (`ended_ids`), not when its last epoch arrives.
     """
     statuses = [trial_status(record) for record in records if record.trial_id in ended_ids]
-    planned = max(planned_trials(spec.to_dict()), len(records))
+    planned = max(spec.planned_trials, len(records))
     ended = len(statuses)
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in ENDED if statuses.count(s))
     running = len(records) - ended
