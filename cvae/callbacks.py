@@ -12,8 +12,9 @@ import keras
 from cvae.checkpoint import latest_checkpoint, save_checkpoint
 from cvae.data import evaluation_batches
 from cvae.losses import grey_weight_for_epoch
-from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
-                          STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS, VALIDATION_METRICS, evaluate_decoder)
+from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS, STATUS_COMPLETED,
+                          STATUS_DIVERGED, STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS, VALIDATION_METRICS,
+                          evaluate_decoder)
 
 
 class EpochEnd(keras.callbacks.Callback):

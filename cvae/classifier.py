@@ -18,6 +18,8 @@ from cvae.data import NUM_CLASSES, cache_dir, load_dataset, split_indices
 
 FEATURES_LAYER = "features"
 CACHE_FORMAT = 2  # bump when the architecture, recipe or splits change, so old caches are retrained
+
+
 def required_accuracy(dataset: str, num_images: int) -> float:
     """The test accuracy a classifier needs before its fid / class_accuracy mean anything (docs/design.md §2;
     each dataset's bar is in its cvae.datasets entry): 97 % on the embedded 5k digits, 99 % on full MNIST, 90 % on

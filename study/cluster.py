@@ -42,7 +42,7 @@ def ship_inputs(study, mirror=None):
     same classifier, whose SHA-256 each epoch records. A study kept in its storage keeps its classifier there too,
     so a driver that resumes it on another machine measures with the same bytes."""
     from cvae.classifier import cached_classifier_file
-    from cvae.data import load_dataset
+    from cvae.data import DatasetError, load_dataset
     from cvae.metrics import CLASSIFIER_SHA256
     from cvae.train import TrialInputs, data_fields
     from study.results import SPEC_FILE
@@ -51,7 +51,10 @@ def ship_inputs(study, mirror=None):
     recorded = json.loads((study.folder / SPEC_FILE).read_text()).get(CLASSIFIER_SHA256)
     with warnings.catch_warnings():  # check_download has already said once which data this study uses
         warnings.simplefilter("ignore")
-        dataset = load_dataset(config.dataset, config.data_path)
+        try:
+            dataset = load_dataset(config.dataset, config.data_path)
+        except DatasetError as error:  # it was read before Ray started: it changed or went away since
+            fail(f"the study's data cannot be read any more: {error}")
         classifier = stored = mirror.load_classifier() if mirror else None
         if classifier is None:
             try:

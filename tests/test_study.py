@@ -421,20 +421,21 @@ def test_relative_data_path_reaches_the_trials(tmp_path, embedded_digits):
     assert list(trials["status"]) == ["completed"] and trials["dataset_source"][0] == "user:digits"
 
 
-def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_path, embedded_digits):
-    write_idx(tmp_path / "digits", *embedded_digits)  # the embedded digits, so the cached classifier serves
-    driver = subprocess.Popen([sys.executable, str(REPO / "study/run.py"), "--space", "smoke.yaml", "--dataset", "mnist",
-                               "--data-path", "digits", "--num-samples", "1", "--results-dir", "results"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in driver.stdout:  # the driver has checked the data and the classifier: now the data goes away
-        lines.append(line)
-        if "test accuracy" in line:
-            shutil.rmtree(tmp_path / "digits")
-            break
-    stdout, stderr = driver.communicate(timeout=300)
-    stdout = "".join(lines) + stdout
-    assert driver.returncode == 1, stdout[-3000:] + stderr[-3000:]
+def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_path, study_cli, write_space):
+    """A trial whose own data lookup fails (a searched data_path: the driver ships only the study's fixed data)
+    raises DatasetError in train() on every attempt: it ends `error` with that cause, at once, not retried."""
+    space = write_space(tmp_path, "smoke", """
+        name: smoke
+        base: model_4
+        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        parameters:
+          data_path: {values: [no_such_digits]}
+        search: {algorithm: grid, repeats: 1, max_concurrent: 1}
+        scheduler: {type: fifo, max_epochs: 1}
+    """)
+    done = study_cli("--space", space, results=tmp_path / "results", timeout=300)
+    stdout, stderr = done.stdout, done.stderr
+    assert done.returncode == 1, stdout[-3000:] + stderr[-3000:]
     assert "1 trial(s) failed with an error" in stderr
     assert "retrying" not in stdout
     trials = pd.read_csv(tmp_path / "results" / "smoke" / "trials.csv")
