@@ -41,10 +41,10 @@ def ship_inputs(study, mirror=None):
     here: a node needs neither the user's data folder nor a classifier cache, and every trial is measured by the
     same classifier, whose SHA-256 each epoch records. A study kept in its storage keeps its classifier there too,
     so a driver that resumes it on another machine measures with the same bytes."""
-    from cvae.classifier import cached_classifier_file
     from cvae.data import DatasetError, load_dataset
     from cvae.metrics import CLASSIFIER_SHA256
     from cvae.train import TrialInputs, data_fields
+    from study.preflight import read_cached_classifier
     from study.results import SPEC_FILE
 
     config = study.spec.trial_config({})
@@ -55,12 +55,9 @@ def ship_inputs(study, mirror=None):
             dataset = load_dataset(config.dataset, config.data_path)
         except DatasetError as error:  # it was read before Ray started: it changed or went away since
             fail(f"the study's data cannot be read any more: {error}")
-        classifier = stored = mirror.load_classifier() if mirror else None
-        if classifier is None:
-            try:
-                classifier = cached_classifier_file(*data_fields(config))
-            except (OSError, ValueError, KeyError):
-                classifier = None
+    classifier = stored = mirror.load_classifier() if mirror else None
+    if classifier is None:
+        classifier = read_cached_classifier(config)
     if classifier is None or (recorded and classifier.sha256 != recorded):
         fail(f"the reference classifier that measured this study (sha256 {str(recorded)[:12]}…) is neither in its "
              "storage nor in this machine's cache; resume where it ran, or start a new study with --name")

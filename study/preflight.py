@@ -231,38 +231,46 @@ def check_classifier(spec, extra_env: dict) -> dict:
     otherwise a child trains or repairs it, which keeps TensorFlow (its memory, threads and start-up lines) out of
     the driver.
     Returns:
-        {"classifier_accuracy", "classifier_required"} for study.json.
+        {"classifier_accuracy", "classifier_required", "classifier_sha256"} for study.json.
     """
-    from cvae.classifier import cached_accuracy, weak_classifier_message
+    from cvae.classifier import weak_classifier_message
+    from cvae.data import cache_dir
+    from cvae.metrics import CLASSIFIER_SHA256
 
     config = spec.trial_config({})
-    with warnings.catch_warnings():  # check_download has already said once which data this study uses
-        warnings.simplefilter("ignore")
-        cached = cached_accuracy(config.dataset, config.data_path, config.validation_fraction, config.test_fraction)
-    if cached is not None:
-        result = {"accuracy": cached[0], "required": cached[1]}
-    else:
-        result = prepare_classifier(config, extra_env)
-
-    message = weak_classifier_message(result["accuracy"], result["required"], config.dataset)
+    classifier = read_cached_classifier(config)
+    if classifier is None:
+        prepare_classifier(config, extra_env)
+        classifier = read_cached_classifier(config)
+    if classifier is None:
+        fail(f"the reference classifier for {config.dataset} was prepared but its cache in {cache_dir()} cannot be "
+             "read back")
+    message = weak_classifier_message(classifier.accuracy, classifier.required, config.dataset)
     if message and not spec.allow_weak_classifier:
         fail(message + "; fix the data, or set allow_weak_classifier: true in the study file to run anyway")
-    print(f"reference classifier for {config.dataset}: {result['accuracy']:.1%} test accuracy "
-          f"(needs {result['required']:.0%}){'; BELOW ITS BAR, allowed by the study file' if message else ''}",
+    print(f"reference classifier for {config.dataset}: {classifier.accuracy:.1%} test accuracy "
+          f"(needs {classifier.required:.0%}){'; BELOW ITS BAR, allowed by the study file' if message else ''}",
           flush=True)
+    return {"classifier_accuracy": classifier.accuracy, "classifier_required": classifier.required,
+            CLASSIFIER_SHA256: classifier.sha256}
+
+
+def read_cached_classifier(config):
+    """The cached reference classifier of a config's data (cvae.classifier.ClassifierFile, read without
+    TensorFlow, its checksum checked), or None when there is no intact cache."""
     from cvae.classifier import cached_classifier_file
-    from cvae.metrics import CLASSIFIER_SHA256
     from cvae.train import data_fields
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # check_download has already said once which data this study uses
         warnings.simplefilter("ignore")
-        sha256 = cached_classifier_file(*data_fields(config)).sha256
-    return {"classifier_accuracy": result["accuracy"], "classifier_required": result["required"],
-            CLASSIFIER_SHA256: sha256}
+        try:
+            return cached_classifier_file(*data_fields(config))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
-def prepare_classifier(config, extra_env: dict) -> dict:
-    """Train (or load and repair) the classifier in a child process: {"accuracy", "required"}; exit 2 if it fails."""
+def prepare_classifier(config, extra_env: dict) -> None:
+    """Train (or load and repair) the classifier in a child process, which caches it; exit 2 if it fails."""
     print(f"reference classifier for {config.dataset}: preparing it (the first time it trains, a minute or a few "
           "on 2 cores)", flush=True)
     env = {**os.environ, **extra_env, "PYTHONPATH": repo_pythonpath(),
@@ -273,7 +281,6 @@ def prepare_classifier(config, extra_env: dict) -> dict:
     if child.returncode != 0 or not found:
         fail(f"the reference classifier for {config.dataset} could not be prepared "
              f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
-    return json.loads(found[-1].split(" ", 1)[1])
 
 
 def check_data(spec) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
+                          STATUS_RUNNING, REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 from study.storage import display, fetch_folder, is_uri, within
-from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING,
-                          REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
 # What study/report.py draws from the checkpoints once (so a folder stays reportable without them), and writes.

@@ -138,10 +138,12 @@ def _read(path):
 EPOCH_LINE = re.compile(r"\] (\w+) epoch (\d+)/")
 
 
-def _start(space, tmp_path, log_name, *extra):
+def _start(space, tmp_path, log_name, *extra, results=None):
+    """A driver in its own session, its console in tmp_path/log_name, its results under `results` (tmp_path)."""
     log = open(tmp_path / log_name, "w")
-    return subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(tmp_path),
-                             *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir",
+                             str(results or tmp_path), *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _printed_epochs(path):
@@ -689,7 +691,7 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
         scheduler: {{type: fifo, max_epochs: 3}}
     """)
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    driver = _start(space, tmp_path, "first.log", "--results-dir", str(first_dir), "--storage-path", storage)
+    driver = _start(space, tmp_path, "first.log", "--storage-path", storage, results=first_dir)
     try:
         def second_epoch_logged():
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
