@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from cvae.cli import ArgumentParser, exit_with, fail
-from study.results import BEST_RULE, metric_pairs, provisional_note, resolve_path, trial_params
+from study.records import trial_params
+from study.selection import BEST_RULE, metric_pairs, provisional_note
+from study.tables import resolve_path
 from study.studies import Study
 
 

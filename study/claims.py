@@ -12,8 +12,8 @@ import pandas as pd
 
 from cvae.data import class_name
 from cvae.metrics import METRICS
-from study.results import (FINISHED, MODEL, SEED_PARAMETER, STATUS_COMPLETED, STATUS_PRUNED, on_test_split,
-                           param_column, real_level, split_label, with_models)
+from study.records import FINISHED, MODEL, SEED_PARAMETER, STATUS_COMPLETED, STATUS_PRUNED, param_column, with_models
+from study.selection import on_test_split, real_level, split_label
 from study.evidence import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
                               WelchDifference, holm)
 
@@ -201,24 +201,44 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
         findings["b"] = [compare(trials, "class_parity", "model_2", "model_1",
                                  labels=("model_2 (per_class)", "model_1 (global)"))]
         if details is not None and not details.empty:
-            keys = ["trial_id", MODEL, *([SEED_PARAMETER] if SEED_PARAMETER in trials else [])]
-            excess = with_models(digit_excess(details).merge(trials[keys], on="trial_id"))
-            if SEED_PARAMETER in excess:  # listed in seed order, whichever study (or pool) ran them
-                excess = excess.sort_values(SEED_PARAMETER, kind="stable")
-            excess["abs_excess"] = excess["digit_excess"].abs()
-            one_name = class_name(1, dataset_of(trials))
-            global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"]
-            notes["b"] = (f"{one_name} drawn {global_excess.mean():+.3f} relative width vs real under global "
-                          f"(seeds {', '.join(f'{v:+.2f}' for v in global_excess)})")
-            findings["b"].append(compare(excess, "abs_excess", "model_2", "model_1",
-                                         name=f"|{one_name} width excess|"))
+            finding, notes["b"] = _width_excess(trials, details)
+            findings["b"].append(finding)
     pairs_c = [(a, b) for a, b in (("model_4", "model_2"), ("model_5", "model_3")) if {a, b} <= present]
     findings["c"] = [compare(trials, "grey_fraction", a, b) for a, b in pairs_c]
     pairs_d = [(a, b) for a, b in (("model_3", "model_2"), ("model_5", "model_4")) if {a, b} <= present]
     findings["d"] = [compare(trials, m, a, b) for a, b in pairs_d for m in ("fid", "class_accuracy")]
     findings = decided({claim: found for claim, found in findings.items() if found})
 
-    verdicts = [_thickness_respected(trials, details, sorted(present))]
+    verdicts = [_thickness_respected(trials, details, sorted(present)),
+                *_model_verdicts(trials, findings, notes, pairs_c),
+                Verdict("e", "not tested", "no preset applies the grey loss from epoch 1 (all use warm-up 1 or no "
+                                           "grey loss); see the grey_warmup and grey_loss studies")]
+    seeds = trials.groupby(MODEL).size()
+    if len(seeds) and seeds.min() < MIN_SEEDS:
+        basis = (f"rests on {seeds.min()}–{seeds.max()} seeds per model (fewer than {MIN_SEEDS}: too little "
+                 "evidence)")
+        verdicts = [_too_little(v, basis) for v in verdicts]
+    return verdicts
+
+
+def _width_excess(trials: pd.DataFrame, details: pd.DataFrame) -> tuple[Finding, str]:
+    """Claim (b) in the digit it is about: |digit 1's width excess over real| per seed, model_2 vs model_1, and a
+    note of the global model's signed excess, seed by seed."""
+    keys = ["trial_id", MODEL, *([SEED_PARAMETER] if SEED_PARAMETER in trials else [])]
+    excess = with_models(digit_excess(details).merge(trials[keys], on="trial_id"))
+    if SEED_PARAMETER in excess:  # listed in seed order, whichever study (or pool) ran them
+        excess = excess.sort_values(SEED_PARAMETER, kind="stable")
+    excess["abs_excess"] = excess["digit_excess"].abs()
+    one_name = class_name(1, dataset_of(trials))
+    global_excess = excess.loc[excess[MODEL] == "model_1", "digit_excess"]
+    note = (f"{one_name} drawn {global_excess.mean():+.3f} relative width vs real under global "
+            f"(seeds {', '.join(f'{v:+.2f}' for v in global_excess)})")
+    return compare(excess, "abs_excess", "model_2", "model_1", name=f"|{one_name} width excess|"), note
+
+
+def _model_verdicts(trials: pd.DataFrame, findings: dict, notes: dict, pairs_c: list) -> list[Verdict]:
+    """Claims (b), (c), (d) of the Model 1–5 study from their decided findings, or `not tested` with what is missing."""
+    verdicts = []
     if "b" in findings:
         texts = [finding.text() for finding in findings["b"]]
         if "b" in notes:
@@ -238,13 +258,6 @@ def judge_models(trials: pd.DataFrame, details: pd.DataFrame | None = None) -> l
         verdicts.append(Verdict("d", _combine(findings["d"]), "; ".join(f.text() for f in findings["d"])))
     else:
         verdicts.append(Verdict("d", "not tested", "needs model_3 vs model_2 or model_5 vs model_4"))
-    verdicts.append(Verdict("e", "not tested", "no preset applies the grey loss from epoch 1 (all use warm-up 1 or "
-                                               "no grey loss); see the grey_warmup and grey_loss studies"))
-    seeds = trials.groupby(MODEL).size()
-    if len(seeds) and seeds.min() < MIN_SEEDS:
-        basis = (f"rests on {seeds.min()}–{seeds.max()} seeds per model (fewer than {MIN_SEEDS}: too little "
-                 "evidence)")
-        verdicts = [_too_little(v, basis) for v in verdicts]
     return verdicts
 
 
@@ -286,32 +299,13 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
     verdict says so (a pruned trial's numbers come from fewer epochs).
     """
     finished = trials[trials["status"].isin(FINISHED)].copy()
-    completed_all = on_test_split(trials)
-    if len(completed_all) >= MIN_EQUAL_FIDELITY:
-        compared = completed_all
-        fidelity = f"; {len(compared)} completed trials, {split_label(trials)} numbers"
-    else:
-        compared = finished
-        pruned = finished[finished["status"] == STATUS_PRUNED]
-        fidelity = (f"; MIXED FIDELITY: {len(pruned)} of {len(finished)} trials were pruned after "
-                    f"{pruned['epochs_run'].min():.0f}–{pruned['epochs_run'].max():.0f} epochs, validation numbers"
-                    if len(pruned) else f"; {len(finished)} trials, validation numbers")
+    compared, fidelity = _at_equal_fidelity(trials, finished)
     # A blank image has no grey pixels and no measurable thickness: collapsed trials would count as "sharp" in (c)
     # and as ignoring the condition in (a), so (a), (c) and (d) look only at trials that still draw digits.
     drawing = compared[compared["collapse_rate"].astype(float) < COLLAPSED]
     excluded = f"; {len(compared) - len(drawing)} collapsed trial(s) left out" if len(drawing) < len(compared) else ""
     completed = drawing[drawing["status"] == STATUS_COMPLETED]
-    verdicts = []
-    if len(completed):
-        corr = completed["thickness_corr"].astype(float)
-        verdicts.append(Verdict(
-            "a", "supported" if corr.median() >= RESPECTED_CORRELATION else "not supported",
-            f"thickness_corr over {len(completed)} completed trials ({split_label(trials)} numbers): median "
-            f"{corr.median():.3f}, range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION})"
-            f"{excluded}"))
-    else:
-        verdicts.append(Verdict("a", "not tested", "no completed trial that draws digits"))
-
+    verdicts = [_condition_followed(completed, split_label(trials), excluded)]
     findings, texts = {}, {}
     if param_column("condition_mode") in compared and compared[param_column("condition_mode")].nunique() == 2:
         findings["b"] = [compare(compared, "class_parity", "per_class", "global", column=param_column("condition_mode"),
@@ -319,14 +313,7 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
         texts["b"] = (" (trials differ in the other searched parameters too, so this is confounded; the Model 1–5 "
                       "study isolates it)" + fidelity)
     if param_column("grey_weight") in drawing and len(drawing) >= 3:
-        applied = drawing[param_column("grey_weight")].astype(float).where(
-            drawing["epochs_run"] > drawing.get(param_column("warmup_epochs"), 0), 0.0)
-        findings["c"] = [Finding("Spearman(grey weight applied, grey_fraction)",
-                                 RankCorrelation(applied.to_numpy(), drawing["grey_fraction"].astype(float).to_numpy()),
-                                 -1)]
-        with_fid = RankCorrelation(applied.to_numpy(), drawing["fid"].astype(float).to_numpy())
-        texts["c"] = (f" ({len(drawing)} trials; weight counted as 0 where the trial stopped before its warm-up "
-                      f"ended); with fid: {with_fid.effect:.3f} (p={with_fid.p_value:.2g}){excluded}{fidelity}")
+        findings["c"], texts["c"] = _grey_weight_effect(drawing, excluded + fidelity)
     finished_drawing = finished[finished["collapse_rate"].astype(float) < COLLAPSED]
     findings["d"], texts["d"] = _more_epochs(epochs, finished_drawing)
     findings = decided({claim: found for claim, found in findings.items() if found})
@@ -346,6 +333,41 @@ def judge_search(trials: pd.DataFrame, epochs: pd.DataFrame, details: pd.DataFra
                  f"{MIN_TRIALS} trials or {MIN_EPOCHS} epochs: too little evidence)")
         verdicts = [_too_little(v, basis) for v in verdicts]
     return verdicts
+
+
+def _at_equal_fidelity(trials: pd.DataFrame, finished: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The trials a searched study's verdicts compare, and how (appended to the verdicts): the completed ones on
+    their test numbers when at least MIN_EQUAL_FIDELITY completed, else every finished one on validation numbers."""
+    completed = on_test_split(trials)
+    if len(completed) >= MIN_EQUAL_FIDELITY:
+        return completed, f"; {len(completed)} completed trials, {split_label(trials)} numbers"
+    pruned = finished[finished["status"] == STATUS_PRUNED]
+    return finished, (f"; MIXED FIDELITY: {len(pruned)} of {len(finished)} trials were pruned after "
+                      f"{pruned['epochs_run'].min():.0f}–{pruned['epochs_run'].max():.0f} epochs, validation numbers"
+                      if len(pruned) else f"; {len(finished)} trials, validation numbers")
+
+
+def _condition_followed(completed: pd.DataFrame, split: str, excluded: str) -> Verdict:
+    """Claim (a) in a searched study: the completed trials' median thickness correlation against the threshold."""
+    if not len(completed):
+        return Verdict("a", "not tested", "no completed trial that draws digits")
+    corr = completed["thickness_corr"].astype(float)
+    return Verdict("a", "supported" if corr.median() >= RESPECTED_CORRELATION else "not supported",
+                   f"thickness_corr over {len(completed)} completed trials ({split} numbers): median "
+                   f"{corr.median():.3f}, range {corr.min():.3f}–{corr.max():.3f} (threshold {RESPECTED_CORRELATION})"
+                   f"{excluded}")
+
+
+def _grey_weight_effect(drawing: pd.DataFrame, suffix: str) -> tuple[list[Finding], str]:
+    """Claim (c) in a searched study: the rank correlation of the grey weight a trial applied with its
+    grey_fraction (expected negative), and with fid beside it."""
+    applied = drawing[param_column("grey_weight")].astype(float).where(
+        drawing["epochs_run"] > drawing.get(param_column("warmup_epochs"), 0), 0.0)
+    finding = Finding("Spearman(grey weight applied, grey_fraction)",
+                      RankCorrelation(applied.to_numpy(), drawing["grey_fraction"].astype(float).to_numpy()), -1)
+    with_fid = RankCorrelation(applied.to_numpy(), drawing["fid"].astype(float).to_numpy())
+    return [finding], (f" ({len(drawing)} trials; weight counted as 0 where the trial stopped before its warm-up "
+                       f"ended); with fid: {with_fid.effect:.3f} (p={with_fid.p_value:.2g}){suffix}")
 
 
 def _more_epochs(epochs: pd.DataFrame, finished: pd.DataFrame) -> tuple[list[Finding], str]:

@@ -45,7 +45,7 @@ def ship_inputs(study, mirror=None):
     from cvae.metrics import CLASSIFIER_SHA256
     from cvae.train import TrialInputs, data_fields
     from study.preflight import read_cached_classifier
-    from study.results import SPEC_FILE
+    from study.records import SPEC_FILE
 
     config = study.spec.trial_config({})
     recorded = json.loads((study.folder / SPEC_FILE).read_text()).get(CLASSIFIER_SHA256)
@@ -202,7 +202,8 @@ def start_study(args, study):
     """Ray joined or started, the study recorded (a new one) and announced; returns its StoreMirror (or None)."""
     from study.mirror import StoreMirror
     from study.preflight import check_classifier, check_download, check_free_space, run_flags
-    from study.results import FLAGS_KEY, save_spec
+    from study.records import FLAGS_KEY
+    from study.tables import save_spec
     from study.storage import is_uri
 
     spec = study.spec

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.results import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE, read_table, replace_atomically
+from study.records import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE
+from study.tables import read_table, replace_atomically
 from study.storage import display, filesystem_of, is_uri, join, list_names, read_bytes, write_bytes
 
 TABLES_DIR = "tables"  # under the study's folder in its storage (beside Tune's own state)

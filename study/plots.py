@@ -12,8 +12,8 @@ import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
-from study import results
-from study.results import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
+from study import selection
+from study.records import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
                            with_models)
 from study.evidence import mean_interval
 from study.space import Parameter
@@ -40,7 +40,7 @@ def _direction(metric: str) -> str:
 
 def mark_real_level(axis, frame: pd.DataFrame, metric: str, horizontal: bool = True) -> None:
     """A dashed line where the real held-out images sit on `metric`, if the frame reports their level."""
-    if (level := results.real_level(frame, metric)) is not None:
+    if (level := selection.real_level(frame, metric)) is not None:
         (axis.axhline if horizontal else axis.axvline)(level, color="tab:green", linestyle="--", linewidth=1,
                                                        label=f"real data ({metric})")
 
@@ -381,7 +381,7 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
 
 def pareto_mask(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> np.ndarray:
     """True for trials not dominated on the given last-epoch metrics (NaN rows are never on the front)."""
-    return results.pareto_mask(trials, metrics, modes)
+    return selection.pareto_mask(trials, metrics, modes)
 
 
 def plot_pareto(trials: pd.DataFrame, metrics=("fid", "grey_fraction"), modes=("min", "min")) -> plt.Figure:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.results import (DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE,
-                           incomplete_note, label_models, load_details, load_results, replace_atomically, resolve_path)
+from study.records import DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE, label_models
+from study.selection import incomplete_note
+from study.tables import load_details, load_results, replace_atomically, resolve_path
 from study.storage import is_uri
 
 # What two studies must share to be one experiment: the design, the objective, the schedule and the classifier

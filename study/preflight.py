@@ -18,16 +18,11 @@ from cvae.cli import DATA_FLAGS, config_overrides, error_cause, fail
 from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES, MNIST
 from study.cluster import REPO, repo_pythonpath
 from study.studies import Study
-from study.space import (MAX_CONCURRENT, MAX_REPEATS, MAX_SEED, MAX_TRIALS, SpecError, StudySpec, check_name,
-                         load_spec)
+from study.space import LIMITS, SpecError, StudySpec, check_name, load_spec
 
-
-MAX_FLAG = {"num_samples": MAX_TRIALS, "max_epochs": MAX_EPOCHS, "max_concurrent": MAX_CONCURRENT,
-            "max_train_samples": MAX_TRAIN_SAMPLES, "keep_checkpoints": MAX_EPOCHS, "repeats": MAX_REPEATS,
-            "first_seed": MAX_SEED}
-
-
-ZERO_ALLOWED = ("max_train_samples", "first_seed")  # flags whose lowest value is 0 (the others start at 1)
+# run.py's whole-number flags: the study's own settings keep the study file's ranges
+FLAG_LIMITS = {**{key: LIMITS[key] for key in ("num_samples", "max_epochs", "max_concurrent", "repeats", "first_seed")},
+               "max_train_samples": (0, MAX_TRAIN_SAMPLES), "keep_checkpoints": (1, MAX_EPOCHS)}
 
 
 CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused before ray.init waits on it
@@ -38,8 +33,8 @@ def prepare(args) -> Study:
     overrides, this machine's resources (or the cluster's address), paths and the storage. Exits 2 on bad input."""
     try:
         spec = load_spec(args.space)
-        for flag, high in MAX_FLAG.items():
-            value, low = getattr(args, flag), 0 if flag in ZERO_ALLOWED else 1
+        for flag, (low, high) in FLAG_LIMITS.items():
+            value = getattr(args, flag)
             if value is not None and not low <= value <= high:
                 raise SpecError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
         if args.name is not None:
@@ -152,7 +147,7 @@ def check_address(address: str) -> None:
 def take_lock(study: Study):
     """The study folder's lock (one driver per study), or exit 2 naming the driver that holds it."""
     from study.lock import StudyLock, StudyLocked
-    from study.results import LOCK_FILE
+    from study.records import LOCK_FILE
 
     try:
         return StudyLock(study.folder / LOCK_FILE).acquire()
@@ -199,7 +194,7 @@ def check_same_study(args, study: Study) -> None:
     Tune rebuilds the trainable from what this run passes, so a changed --max-epochs or --dataset would
     silently change unfinished trials while finished ones keep the old settings.
     """
-    from study.results import FLAGS_KEY, SPEC_FILE
+    from study.records import FLAGS_KEY, SPEC_FILE
 
     spec, results_dir = study.spec, study.folder
     try:
@@ -342,7 +337,7 @@ def restore_from_storage(study: Study) -> None:
     """--resume on a machine without the study's tables (the first driver's machine is gone): they come back
     from the storage, which the study has kept them in as it ran."""
     from study.mirror import restore_tables
-    from study.results import TRIALS_FILE
+    from study.records import TRIALS_FILE
     from study.storage import display
 
     results_dir, experiment = study.folder, study.experiment

@@ -41,6 +41,17 @@ MAX_SEED = 2**31 - 1
 MAX_CONCURRENT = 1_024
 MAX_VALUES = 1_000  # categorical values of one parameter
 MAX_TEXT = 2_000  # characters of the description
+# The whole-number settings of a study and their ranges: study-file keys and run.py's flags alike are checked here.
+LIMITS = {"seed": (0, 2**32 - 1), "num_samples": (1, MAX_TRIALS), "max_concurrent": (1, MAX_CONCURRENT),
+          "repeats": (1, MAX_REPEATS), "first_seed": (0, MAX_SEED), "grace_period": (1, MAX_EPOCHS),
+          "reduction_factor": (2, 100), "max_epochs": (1, MAX_EPOCHS)}
+# Where each section key of a study file goes in StudySpec (its defaults are written there, once).
+SECTION_FIELDS = {
+    "search": {key: key for key in SECTION_KEYS["search"]},
+    "scheduler": {"type": "scheduler", "max_epochs": "max_epochs", "grace_period": "grace_period",
+                  "reduction_factor": "reduction_factor"},
+    "resources": {"cpu": "cpu", "gpu": "gpu"},
+}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -150,8 +161,8 @@ class StudySpec:
     max_epochs: int | None = None
     grace_period: int = 1
     reduction_factor: int = 3
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = 1  # cores per trial (fractions share a core)
+    gpu: float = 0
     allow_weak_classifier: bool = False  # run even when the reference classifier misses its accuracy bar
 
     @property
@@ -257,25 +268,41 @@ def load_spec(space: str | Path) -> StudySpec:
     """
     path = resolve_path(space)
     where = path.name
+    raw = _read_mapping(path, where)
+    values = {"path": str(path), **_top_level_values(raw, where)}
+    for section, fields in SECTION_FIELDS.items():
+        values.update({fields[key]: value for key, value in raw.get(section, {}).items()})
+    values["metrics"], values["modes"] = _parse_objective(raw.get("objective", {}), where)
+    values["parameters"] = _parse_parameters(raw, where, values.get("algorithm", StudySpec.algorithm))
+    spec = StudySpec(**values)
+    _check_semantics(spec, where)
+    return spec
+
+
+def _read_mapping(path: Path, where: str) -> dict:
+    """A study file's top-level mapping, its keys and sections known and none of them empty."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: the file must be a mapping with keys {', '.join(TOP_KEYS)}")
     _check_keys(raw, TOP_KEYS, where)
     _refuse_empty(raw, where)
-    sections = {}
     for section, keys in SECTION_KEYS.items():
         value = raw.get(section, {})
         if not isinstance(value, dict):
             raise SpecError(f"{where}: '{section}' must be a mapping with keys {', '.join(keys)}")
         _check_keys(value, keys, f"{where}: {section}")
-        sections[section] = value
+    return raw
+
+
+def _top_level_values(raw: dict, where: str) -> dict:
+    """name, description, base, fixed and allow_weak_classifier as given (absent ones keep StudySpec's defaults)."""
     if "name" not in raw:
         raise SpecError(f"{where}: 'name' is required (a short folder-safe study name)")
-    name = check_name(raw["name"], f"{where}: name")
-    description = raw.get("description", "")
+    values = {"name": check_name(raw["name"], f"{where}: name")}
+    description = raw.get("description", StudySpec.description)
     if not isinstance(description, str) or len(description) > MAX_TEXT:
         raise SpecError(f"{where}: description must be text of at most {MAX_TEXT} characters")
-    base = raw.get("base", "model_4")
+    base = raw.get("base", StudySpec.base)
     if not isinstance(base, str) or base not in PRESETS:
         raise SpecError(f"{where}: base: unknown preset {base!r}; allowed: {', '.join(PRESETS)}")
     fixed = raw.get("fixed", {})
@@ -285,31 +312,21 @@ def load_spec(space: str | Path) -> StudySpec:
     for key in fixed:
         if key not in fields:
             raise SpecError(f"{where}: fixed: {key!r} is not a TrialConfig field; allowed: {', '.join(sorted(fields))}")
+    values.update(description=description, base=base, fixed=dict(fixed))
+    if "allow_weak_classifier" in raw:
+        values["allow_weak_classifier"] = raw["allow_weak_classifier"]
+    return values
 
-    search, scheduler, resources = sections["search"], sections["scheduler"], sections["resources"]
-    algorithm = search.get("algorithm", "optuna")
+
+def _parse_parameters(raw: dict, where: str, algorithm) -> tuple[Parameter, ...]:
     if algorithm not in ALGORITHMS:
         raise SpecError(f"{where}: search: algorithm {algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS)}")
     raw_parameters = raw.get("parameters", {})
     if not isinstance(raw_parameters, dict):
         raise SpecError(f"{where}: 'parameters' must be a mapping of field names to "
                         "{distribution: ..., low: ..., high: ...} or {values: [...]}")
-    parameters = tuple(_parse_parameter(name, body, where, fields, algorithm) for name, body in raw_parameters.items())
-    metrics, modes = _parse_objective(sections["objective"], where)
-    values = dict(
-        name=name, path=str(path), description=description, base=base, fixed=dict(fixed),
-        parameters=parameters, metrics=metrics, modes=modes, algorithm=algorithm,
-        sampler=search.get("sampler", "tpe"), seed=search.get("seed", 0), num_samples=search.get("num_samples", 8),
-        max_concurrent=search.get("max_concurrent", 2), repeats=search.get("repeats", 1),
-        first_seed=search.get("first_seed", 0),
-        scheduler=scheduler.get("type", "fifo"), max_epochs=scheduler.get("max_epochs"),
-        grace_period=scheduler.get("grace_period", 1), reduction_factor=scheduler.get("reduction_factor", 3),
-        cpu=resources.get("cpu", 1), gpu=resources.get("gpu", 0),
-        allow_weak_classifier=raw.get("allow_weak_classifier", False),
-    )
-    spec = StudySpec(**values)
-    _check_semantics(spec, where)
-    return spec
+    fields = set(TrialConfig.__dataclass_fields__)
+    return tuple(_parse_parameter(name, body, where, fields, algorithm) for name, body in raw_parameters.items())
 
 
 def _refuse_empty(mapping: dict, where: str, at: str = "") -> None:
@@ -331,7 +348,7 @@ def _refuse_empty(mapping: dict, where: str, at: str = "") -> None:
 
 
 def _parse_objective(objective: dict, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    metrics = objective.get("metric", "fid")
+    metrics = objective.get("metric", list(StudySpec.metrics))
     if isinstance(metrics, list):
         if not metrics or len(set(map(str, metrics))) != len(metrics):
             raise SpecError(f"{where}: objective: metric must be a metric name or a non-empty list of distinct names")
@@ -381,32 +398,42 @@ def _parse_parameter(name: str, body, where: str, fields: set, algorithm: str) -
         raise SpecError(f"{at}: must be a mapping like {{distribution: uniform, low: 0, high: 1}} or {{values: [...]}}")
     _check_keys(body, PARAMETER_KEYS, at)
     if "values" in body:
-        values = body["values"]
-        if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
-            raise SpecError(f"{at}: values must be a non-empty list of at most {MAX_VALUES} values")
-        if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
-            raise SpecError(f"{at}: values must be numbers or names, not lists, mappings or booleans")
-        if len(set(values)) != len(values):
-            raise SpecError(f"{at}: values must be distinct")
-        distribution = body.get("distribution", "categorical")
-        if distribution != "categorical" or set(body) - {"values", "distribution"}:
-            raise SpecError(f"{at}: values go alone (with distribution categorical at most), not with "
-                            f"{', '.join(sorted(set(body) - {'values'}))}")
-        if name == PRESET_PARAMETER:
-            unknown = [v for v in values if v not in PRESETS]
-            if unknown:
-                raise SpecError(f"{at}: unknown preset {unknown[0]!r}; allowed: {', '.join(PRESETS)}")
-        else:
-            for value in values:
-                try:
-                    TrialConfig.from_dict({name: value})
-                except ValueError as error:
-                    raise SpecError(f"{at}: {error}") from None
-        return Parameter(name, "categorical", values=tuple(values))
+        return _parse_values(name, body, at)
     if name == PRESET_PARAMETER:
         raise SpecError(f"{at}: the preset parameter takes values: [model_1, ...]")
     if algorithm == "grid":
         raise SpecError(f"{at}: a grid study needs values: [...] for every parameter, not a distribution")
+    return _parse_range(name, body, at)
+
+
+def _parse_values(name: str, body: dict, at: str) -> Parameter:
+    """A parameter given as values: [...] (a grid's axis, or an Optuna categorical), each a valid field value."""
+    values = body["values"]
+    if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
+        raise SpecError(f"{at}: values must be a non-empty list of at most {MAX_VALUES} values")
+    if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
+        raise SpecError(f"{at}: values must be numbers or names, not lists, mappings or booleans")
+    if len(set(values)) != len(values):
+        raise SpecError(f"{at}: values must be distinct")
+    distribution = body.get("distribution", "categorical")
+    if distribution != "categorical" or set(body) - {"values", "distribution"}:
+        raise SpecError(f"{at}: values go alone (with distribution categorical at most), not with "
+                        f"{', '.join(sorted(set(body) - {'values'}))}")
+    if name == PRESET_PARAMETER:
+        unknown = [v for v in values if v not in PRESETS]
+        if unknown:
+            raise SpecError(f"{at}: unknown preset {unknown[0]!r}; allowed: {', '.join(PRESETS)}")
+    else:
+        for value in values:
+            try:
+                TrialConfig.from_dict({name: value})
+            except ValueError as error:
+                raise SpecError(f"{at}: {error}") from None
+    return Parameter(name, "categorical", values=tuple(values))
+
+
+def _parse_range(name: str, body: dict, at: str) -> Parameter:
+    """A parameter given as a distribution between low and high, both valid field values."""
     distribution = body.get("distribution")
     if distribution not in DISTRIBUTIONS:
         raise SpecError(f"{at}: distribution {distribution!r} is unknown; allowed: {', '.join(DISTRIBUTIONS)}")
@@ -428,22 +455,27 @@ def _parse_parameter(name: str, body, where: str, fields: set, algorithm: str) -
         raise SpecError(f"{at}: int needs integer low and high")
     step = body.get("step")
     if step is not None:
-        _number(step, f"{at}: step")
-        if distribution == "int" and (not isinstance(step, int) or step < 1):
-            raise SpecError(f"{at}: step of an int range must be an integer >= 1, got {step!r}")
-        if step <= 0 or step > high - low:
-            raise SpecError(f"{at}: step must be > 0 and at most high - low ({high - low}), got {step!r}")
-        if log or distribution == "log_uniform":
-            raise SpecError(f"{at}: step cannot be combined with a log scale (Optuna forbids it)")
-        ratio = (high - low) / step
-        if not math.isclose(ratio, round(ratio), rel_tol=0, abs_tol=1e-9):
-            raise SpecError(f"{at}: high - low ({high - low}) must be a whole number of steps ({step})")
+        _check_step(step, distribution, low, high, log, at)
     for bound in (low, high):
         try:
             TrialConfig.from_dict({name: int(bound) if distribution == "int" else float(bound)})
         except ValueError as error:
             raise SpecError(f"{at}: {error}") from None
     return Parameter(name, distribution, low=low, high=high, log=log, step=step)
+
+
+def _check_step(step, distribution: str, low: float, high: float, log: bool, at: str) -> None:
+    """A range's step: positive, within the range, whole for int, a whole number of steps, never on a log scale."""
+    _number(step, f"{at}: step")
+    if distribution == "int" and (not isinstance(step, int) or step < 1):
+        raise SpecError(f"{at}: step of an int range must be an integer >= 1, got {step!r}")
+    if step <= 0 or step > high - low:
+        raise SpecError(f"{at}: step must be > 0 and at most high - low ({high - low}), got {step!r}")
+    if log or distribution == "log_uniform":
+        raise SpecError(f"{at}: step cannot be combined with a log scale (Optuna forbids it)")
+    ratio = (high - low) / step
+    if not math.isclose(ratio, round(ratio), rel_tol=0, abs_tol=1e-9):
+        raise SpecError(f"{at}: high - low ({high - low}) must be a whole number of steps ({step})")
 
 
 def _check_semantics(spec: StudySpec, where: str) -> None:
@@ -454,16 +486,11 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
     need(spec.algorithm in ALGORITHMS, f"search: algorithm {spec.algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS)}")
     need(spec.sampler in SAMPLERS, f"search: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     need(spec.scheduler in SCHEDULERS, f"scheduler: type {spec.scheduler!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
-    limits = {"seed": (0, 2**32 - 1), "num_samples": (1, MAX_TRIALS), "max_concurrent": (1, MAX_CONCURRENT),
-              "repeats": (1, MAX_REPEATS), "first_seed": (0, MAX_SEED), "grace_period": (1, MAX_EPOCHS),
-              "reduction_factor": (2, 100)}
-    for key, (low, high) in limits.items():
+    for key, (low, high) in LIMITS.items():
         value = getattr(spec, key)
-        need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+        need((value is None and key == "max_epochs")  # no cap: each trial runs its config's epochs
+             or (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high),
              f"{key} must be an integer in [{low}, {high}], got {value!r}")
-    need(spec.max_epochs is None or (isinstance(spec.max_epochs, int) and not isinstance(spec.max_epochs, bool)
-                                     and 1 <= spec.max_epochs <= MAX_EPOCHS),
-         f"scheduler: max_epochs must be an integer in [1, {MAX_EPOCHS}], got {spec.max_epochs!r}")
     for key, high in (("cpu", 1024), ("gpu", 64)):
         value = getattr(spec, key)
         need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high,

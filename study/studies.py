@@ -50,7 +50,8 @@ class Study:
             ValueError naming what is wrong (not a study, damaged tables, unreachable store).
         """
         from study.mirror import local_study
-        from study.results import FLAGS_KEY, load_results
+        from study.records import FLAGS_KEY
+        from study.tables import load_results
 
         folder = local_study(location)
         trials, epochs, record = load_results(folder)
@@ -79,19 +80,19 @@ class Study:
 
     def best(self, trials: pd.DataFrame | None = None) -> pd.Series:
         """The best trial (results.BEST_RULE) of `trials` (default: the study's own table)."""
-        from study.results import best_trial
+        from study.selection import best_trial
 
         return best_trial(self.trials if trials is None else trials, self.spec.metrics, self.spec.modes)
 
     def checkpoint(self, path) -> Path:
         """A trials.csv checkpoint as a local folder: inside the results folder or the study's own storage (a
         remote one fetched once into the local cache); results.checkpoint_within says what is refused."""
-        from study.results import checkpoint_within
+        from study.tables import checkpoint_within
 
         return checkpoint_within(self.folder, path, self.record)
 
     def incomplete(self, space: str | None = None) -> str | None:
         """The `incomplete: …` line of a study that has not run every planned trial to its end, or None."""
-        from study.results import incomplete_note
+        from study.selection import incomplete_note
 
         return incomplete_note(self.trials, self.record or self.spec.to_dict(), space)

@@ -37,7 +37,8 @@ def stop_for_disk(error: Exception, study, args) -> int:
 def mark_interrupted(results_dir: Path) -> str:
     """Mark the trials a stopped study left running as interrupted, as Ctrl-C does; returns what the stop line
     adds when that rewrite did not fit either (--resume treats running and interrupted rows alike)."""
-    from study.results import STATUS_PENDING, STATUS_RUNNING, load_records, trial_status, write_trials
+    from study.records import STATUS_PENDING, STATUS_RUNNING, trial_status
+    from study.tables import load_records, write_trials
 
     records = load_records(results_dir)
     for record in records:
@@ -52,7 +53,8 @@ def mark_interrupted(results_dir: Path) -> str:
 def report_disk(study, records) -> None:
     """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
     again); then print what the study's checkpoints take on disk."""
-    from study.results import ENDED, resolve_path, trial_status
+    from study.records import ENDED, trial_status
+    from study.tables import resolve_path
     from study.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
 
     experiment, results_dir = study.experiment, study.folder
@@ -69,7 +71,9 @@ def report_disk(study, records) -> None:
 
 def summarise(study, trials) -> None:
     from cvae.metrics import TEST_PREFIX
-    from study.results import provisional_note, resolve_path, trial_params
+    from study.records import trial_params
+    from study.selection import provisional_note
+    from study.tables import resolve_path
 
     spec, results_dir = study.spec, study.folder
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
@@ -99,7 +103,9 @@ def summarise(study, trials) -> None:
 
 def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) -> int:
     """The tables written whole (and copied to the storage), the disk line, the trackers closed, the summary."""
-    from study.results import STATUS_ERROR, incomplete_note, load_records, write_tables
+    from study.records import STATUS_ERROR
+    from study.selection import incomplete_note
+    from study.tables import load_records, write_tables
     from study.tuner import finish_records, remove_orphan_folders
 
     records = finish_records(grid, study.spec, load_records(study.folder), study.storage)

@@ -15,7 +15,7 @@ from ray import tune
 from cvae.runtime import VERBOSE_ENV, native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
-from study.results import ERROR_KEY, STATUS_ERROR
+from study.records import ERROR_KEY, STATUS_ERROR
 from study.storage import is_disk_full
 
 

@@ -19,9 +19,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from cvae.cli import error_cause
 from cvae.metrics import STATUS_COMPLETED
-from study.results import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING,
-                           EpochLog, TrialRecord, best_trial, epoch_row, load_records, trial_row,
-                           trial_status, write_trials)
+from study.records import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING, TrialRecord,
+                           epoch_row, trial_row, trial_status)
+from study.selection import best_trial
+from study.tables import EpochLog, load_records, write_trials
 from study.space import open_storage
 from study.adapters import run_config_of, searcher_has_finished, searcher_trial, tell_searcher
 from study.storage import DiskFull, is_disk_full, is_uri, remove_partial_files, storage_filesystem, uri_of

@@ -1,5 +1,6 @@
 """Shared fixtures: a session-wide classifier cache and one tiny trained run reused by several tests."""
 
+import json
 import os
 import re
 import subprocess
@@ -273,3 +274,45 @@ def grey_spec():
     spec = load_spec("grey_loss.yaml").to_dict()
     spec["parameters"] = [dict(p, values=list(p["values"])) for p in spec["parameters"]]
     return spec
+
+
+TABLES_SPEC = {"name": "tables", "path": "search_spaces/tables.yaml", "metrics": ["fid"], "modes": ["min"],
+               "algorithm": "optuna", "num_samples": 4, "parameters": []}
+
+
+def _trial_rows(*fids, last="running"):
+    return [{"epoch": i + 1, "fid": fid, "status": last if i == len(fids) - 1 else "running"}
+            for i, fid in enumerate(fids)]
+
+
+@pytest.fixture
+def trial_rows():
+    """rows(fid, fid, ..., last=status): one epoch row per fid; every epoch but the last is `running`."""
+    return _trial_rows
+
+
+@pytest.fixture
+def four_trials():
+    """TrialRecords that ended four ways: completed (fid 40 at its last epoch), pruned (30), interrupted (20),
+    error (no epoch), all of study TABLES_SPEC (fid, min, 4 planned trials)."""
+    from study.records import TrialRecord
+
+    return [TrialRecord("done", {"grey_weight": 0.1}, _trial_rows(50.0, 40.0, last="completed"), checkpoint="c1"),
+            TrialRecord("cut", {"grey_weight": 0.2}, _trial_rows(30.0), pruned=True, checkpoint="c2"),
+            TrialRecord("stopped", {"grey_weight": 0.3}, _trial_rows(20.0), interrupted=True),
+            TrialRecord("broken", {"grey_weight": 0.4}, error="ValueError: bad")]
+
+
+@pytest.fixture
+def write_study(four_trials):
+    """write_study(folder, records=four_trials): a results folder (study.json of TABLES_SPEC and both tables)."""
+    from study.records import SPEC_FILE
+    from study.tables import write_tables
+
+    def write(folder, trial_records=None):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SPEC_FILE).write_text(json.dumps(TABLES_SPEC))
+        write_tables(folder, trial_records or four_trials)
+        return folder
+
+    return write

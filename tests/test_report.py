@@ -190,7 +190,7 @@ def test_multi_objective_study_reports_its_front(pareto_study):
 
 
 def test_front_examples_show_the_trade_off():
-    from study.report import front_examples
+    from study.reporting import front_examples
 
     trials = pd.DataFrame({"trial_id": ["sharp", "real", "blurry", "dominated", "pruned"],
                            "status": ["completed"] * 4 + ["pruned"],

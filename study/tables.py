@@ -1,4 +1,5 @@
-"""The results tables (trials.csv: one row per trial; epochs.csv: one row per trial-epoch) and the best trial."""
+"""The results tables on disk (trials.csv: one row per trial; epochs.csv: one row per trial-epoch; study.json):
+writing them atomically, reading them back, and refusing what cannot be a study's."""
 
 from __future__ import annotations
 
@@ -8,106 +9,16 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
-                          STATUS_RUNNING, REAL_METRICS, REAL_PREFIX, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX)
+from cvae.metrics import CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, REAL_PREFIX
+from study.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX, RETRIES_KEY,
+                           SAMPLES_FILE, SPEC_FILE, STARTED_AT, STATUS_INTERRUPTED, STATUS_PRUNED, STATUSES, SUMMARY_FILE,
+                           TRIALS_FILE, TrialRecord, epoch_row, trial_params, trial_row)
 from study.storage import display, fetch_folder, is_uri, within
-
-TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
-# What study/report.py draws from the checkpoints once (so a folder stays reportable without them), and writes.
-DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
-PARAM_PREFIX = "param_"
-FLAGS_KEY = "flags"  # study.json: the command-line flags a --resume must repeat
-STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
-ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
-RETRIES_KEY = "retries"  # trials.csv: why Tune restarted a trial from its checkpoint (a lost worker or node), "; "-joined
-# A trial's status in trials.csv. Epoch rows carry cvae.train's own (running / completed / diverged); the
-# study adds what only it knows. Nothing else is ever written, and nothing is relabelled.
-STATUS_PRUNED = "pruned"  # the scheduler (ASHA) stopped it; never anything else
-STATUS_ERROR = "error"  # an exception ended it; the `error` column says which
-STATUS_INTERRUPTED = "interrupted"  # running when the driver was stopped (Ctrl-C, SIGTERM); --resume continues it
-STATUS_PENDING = "pending"  # created, no epoch reported yet
-FINISHED = (STATUS_COMPLETED, STATUS_PRUNED)  # trials a best trial may be chosen from (see best_trial)
-ENDED = (STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERROR)  # nothing more will happen to these
-UNFINISHED = (STATUS_RUNNING, STATUS_INTERRUPTED, STATUS_PENDING)
-
-
-@dataclass
-class TrialRecord:
-    """What is known about one trial: its params, every epoch it reported, and how it ended."""
-
-    trial_id: str
-    params: dict
-    rows: list = field(default_factory=list)
-    error: str | None = None
-    checkpoint: str | None = None
-    pruned: bool = False  # the scheduler decided to stop it (Tune marks the result that carried the decision)
-    interrupted: bool = False  # it was running when the driver stopped
-    planned_epochs: int | None = None
-    started_at: float | None = None  # unix time Tune first started it (kept across resumes): the start order
-    retries: list = field(default_factory=list)  # why each restart from a checkpoint happened (worker_loss_cause)
-
-
-def trial_status(record: TrialRecord) -> str:
-    """The one status of a trial, from what it reported and what the study decided (see the STATUS_ names)."""
-    if record.error:
-        return STATUS_ERROR
-    last = record.rows[-1].get("status") if record.rows else None
-    if last in (STATUS_DIVERGED, STATUS_COMPLETED):
-        return last
-    if record.pruned:
-        return STATUS_PRUNED
-    if record.interrupted:
-        return STATUS_INTERRUPTED
-    return STATUS_RUNNING if record.rows else STATUS_PENDING
-
-
-def param_column(name: str) -> str:
-    """The trials.csv / epochs.csv column of a searched or grid parameter."""
-    return PARAM_PREFIX + name
-
-
-def trial_params(row) -> dict:
-    """{parameter: value} of a trials.csv row (a Series or dict)."""
-    return {key[len(PARAM_PREFIX):]: row[key] for key in row.keys() if str(key).startswith(PARAM_PREFIX)}
-
-
-def _param_columns(record: TrialRecord) -> dict:
-    return {param_column(name): value for name, value in record.params.items()}
-
-
-def epoch_row(record: TrialRecord, row: dict) -> dict:
-    """One line of epochs.csv: the trial, its params, then what the epoch reported."""
-    return {"trial_id": record.trial_id, **_param_columns(record),
-            **{k: v for k, v in row.items() if not isinstance(v, dict)}}
-
-
-def trial_row(record: TrialRecord) -> dict:
-    """One line of trials.csv: params, status, and the metrics of the trial's last epoch.
-
-    The last epoch is the trial's result (the model it ended with, the checkpoint it keeps, the value ASHA and
-    Optuna saw): validation metrics under their own names, and for a completed trial the test split's as test_*.
-    """
-    last = record.rows[-1] if record.rows else {}
-    summary = {
-        "trial_id": record.trial_id, **_param_columns(record), "status": trial_status(record),
-        STARTED_AT: record.started_at,
-        "epochs_run": int(last.get("epoch", 0)), "epochs_planned": record.planned_epochs,
-        "wall_time_s": last.get("time_total_s"), "node_id": last.get("node_id"),
-        "nodes_used": len({row.get("node_id") for row in record.rows if row.get("node_id")}),
-        "dataset_source": last.get("dataset_source"), CLASSIFIER_ACCURACY: last.get(CLASSIFIER_ACCURACY, np.nan),
-        CLASSIFIER_SHA256: last.get(CLASSIFIER_SHA256),
-        "checkpoint": record.checkpoint, ERROR_KEY: record.error.splitlines()[0][:300] if record.error else None,
-        RETRIES_KEY: "; ".join(record.retries) or None,
-    }
-    summary.update({name: last.get(name, np.nan) for name in METRICS})
-    summary.update({REAL_PREFIX + name: last.get(REAL_PREFIX + name, np.nan) for name in REAL_METRICS})
-    return summary
 
 
 def relative_path(folder: Path, path) -> str | None:
@@ -267,35 +178,7 @@ def save_spec(folder: Path, spec, recorded: dict | None = None) -> None:
     replace_atomically(json.dumps(values, indent=1, default=list), folder / SPEC_FILE)
 
 
-MODEL = "model"  # the column naming a trial's group: its preset, or its grid point without the seed
-SEED_PARAMETER = PARAM_PREFIX + "seed"
-
-
-def label_models(frame: pd.DataFrame) -> pd.Series:
-    """A group label per row: the preset if the study varied presets, else its parameters without the seed."""
-    if param_column("preset") in frame:
-        return frame[param_column("preset")].astype(str)
-    columns = [c for c in frame.columns if c.startswith(PARAM_PREFIX) and c != SEED_PARAMETER]
-    if not columns:
-        return frame["trial_id"].astype(str)
-    return frame[columns].apply(
-        lambda row: ", ".join(f"{c[len(PARAM_PREFIX):]}={_short(v)}" for c, v in row.items()), axis=1)
-
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def with_models(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with the MODEL column added (if missing)."""
-    frame = frame.copy()
-    if MODEL not in frame:
-        frame[MODEL] = label_models(frame)
-    return frame
-
-
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "checkpoint")
-STATUSES = ENDED + UNFINISHED
 
 
 def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -535,114 +418,3 @@ def _check_numbers(table: pd.DataFrame, where: str) -> None:
     for column in table.select_dtypes(exclude="number"):
         if table[column].dropna().astype(str).str.len().gt(MAX_CELL).any():
             raise ValueError(f"{where}: column {str(column)[:40]} holds a value longer than {MAX_CELL:,} characters")
-
-
-def planned_trials(spec: dict) -> int:
-    """How many trials a study.json's study asks for (StudySpec.planned_trials: counted where the grid is made)."""
-    from study.space import StudySpec
-
-    try:
-        return StudySpec.from_dict({"path": "", **spec}).planned_trials
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"study.json does not describe a study's trials ({str(error)[:120]})") from None
-
-
-def incomplete_note(trials: pd.DataFrame, spec: dict, space: str | None = None) -> str | None:
-    """'incomplete: N of M trials unfinished — resume with ...', or None when every planned trial has ended."""
-    ended = int(trials["status"].isin(ENDED).sum()) if len(trials) else 0
-    planned = max(planned_trials(spec), len(trials))
-    if ended >= planned:
-        return None
-    space = space or Path(str(spec.get("path", spec["name"]))).name  # a bare name is found in search_spaces/
-    return (f"incomplete: {planned - ended} of {planned} trials unfinished — resume with "
-            f"python study/run.py --space {space} --name {spec['name']} --resume")
-
-
-def metric_pairs(row) -> list[tuple[str, float, float]]:
-    """(name, validation value, test value) for every metric measured on both splits, from a trials.csv row
-    (test is NaN for trials that did not complete and for tables made before the test split existed)."""
-    pairs = []
-    for test_name in TEST_METRICS:
-        name = test_name.removeprefix(TEST_PREFIX)
-        validation_name = name if name in row else VALIDATION_PREFIX + name
-        pairs.append((name, float(row.get(validation_name, np.nan)), float(row.get(test_name, np.nan))))
-    return pairs
-
-
-def has_test_numbers(trials: pd.DataFrame) -> bool:
-    """Whether a trials table carries test-split numbers (tables made before the test split do not)."""
-    return any(name in trials and trials[name].notna().any() for name in TEST_METRICS)
-
-
-def real_level(trials: pd.DataFrame, metric: str) -> float | None:
-    """Where real data sits on a sample metric: the median of the trials' real_<metric> (their real validation
-    images' own value), or None when the table does not report it."""
-    column = REAL_PREFIX + metric
-    if column not in trials or not trials[column].notna().any():
-        return None
-    return float(trials[column].median())
-
-
-def on_test_split(trials: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials with every sample metric column holding its test-split value (test_<metric>), so tables
-    and verdicts state numbers no selection saw; unchanged (validation) for tables without test numbers."""
-    completed = trials[trials["status"] == STATUS_COMPLETED].copy()
-    if not has_test_numbers(trials):
-        return completed
-    for test_name in TEST_METRICS:
-        name = test_name.removeprefix(TEST_PREFIX)
-        if name in completed:  # a metric newer than the table was not measured on the test split: not validation's
-            completed[name] = completed[test_name] if test_name in completed else np.nan
-    return completed
-
-
-def split_label(trials: pd.DataFrame) -> str:
-    """'test' or 'validation': which split on_test_split's numbers come from."""
-    return "test" if has_test_numbers(trials) else "validation (made before the test split existed)"
-
-
-def pareto_mask(trials: pd.DataFrame, columns, modes) -> np.ndarray:
-    """True for rows not dominated on `columns` (each minimised or maximised per `modes`); NaN rows never are."""
-    values = np.column_stack([trials[c].astype(float).to_numpy() * (1 if mode == "min" else -1)
-                              for c, mode in zip(columns, modes)])
-    finite = np.isfinite(values).all(axis=1)
-    return np.array([ok and not any(np.all(other <= row) and np.any(other < row) for other in values[finite])
-                     for row, ok in zip(values, finite)], dtype=bool)
-
-
-def pareto_front(trials: pd.DataFrame, metrics, modes) -> pd.DataFrame:
-    """Trials not dominated on the objective metrics (validation, last epoch)."""
-    return trials[pareto_mask(trials, list(metrics), modes)]
-
-
-BEST_RULE = ("A trial's result is its last epoch. The best trial is the completed trial with the best validation "
-             "objective at its last epoch (multi-objective: on the Pareto front, then best in the first metric); "
-             "pruned trials count only when none completed. Its test_* columns are the study's headline numbers: "
-             "the test split was measured once per completed trial and never used to choose.")
-
-
-def provisional_note(best: pd.Series) -> str | None:
-    """What a best trial that did not complete is (best_trial falls back on pruned trials when none completed), or
-    None for a completed one: its numbers are validation numbers at lower fidelity, and it has no test numbers."""
-    if best["status"] == STATUS_COMPLETED:
-        return None
-    return (f"no trial completed: {best['trial_id']} is only the best {best['status']} trial so far (stopped after "
-            f"{best['epochs_run']:.0f} epoch(s); validation numbers at lower fidelity, no test numbers)")
-
-
-def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
-    """The study's best trial (BEST_RULE): among completed trials, the best validation objective at the last
-    epoch (multi-objective: the Pareto front, then the first metric). Pruned trials stopped at lower fidelity, so
-    they are candidates only when no trial completed; running, interrupted, diverged and failed trials never are.
-    """
-    objective = trials[list(metrics)].astype(float)
-    usable = np.isfinite(objective).all(axis=1)
-    candidates = trials[usable & (trials["status"] == STATUS_COMPLETED)]
-    if candidates.empty:
-        candidates = trials[usable & (trials["status"] == STATUS_PRUNED)]
-    if candidates.empty:
-        raise ValueError("no completed or pruned trial with finite objective values yet")
-    if len(metrics) > 1:
-        candidates = pareto_front(candidates, metrics, modes)
-    order = candidates[metrics[0]].astype(float)
-    return candidates.loc[order.idxmin() if modes[0] == "min" else order.idxmax()]
