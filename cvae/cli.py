@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -47,19 +46,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D102 (argparse's hook)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\w*(: .*)?$")
-MAX_CAUSE = 300  # characters of a cause kept in a table cell or a one-line message
-
-
-def error_cause(text: str, default: str) -> str:
-    """The line of a traceback or log that names the cause (`ValueError: ...`, the last such line), without
-    colour codes; else the text's last line; else `default`."""
-    lines = [line.strip() for line in ANSI_CODES.sub("", text or "").splitlines() if line.strip()]
-    causes = [line for line in lines if EXCEPTION_LINE.match(line)]
-    return ((causes or lines or [default])[-1])[:MAX_CAUSE]
 
 
 def fail(message: str) -> None:

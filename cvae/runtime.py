@@ -1,10 +1,12 @@
-"""Process set-up shared by the commands and the Ray trainable: TensorFlow's start-up lines kept off the console."""
+"""Process set-up shared by the commands and the Ray trainable: TensorFlow's start-up lines kept off the console,
+and a failure's cause in one line."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import sys
 
 from cvae.data import cache_dir
@@ -52,3 +54,14 @@ def import_tensorflow_quietly() -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\w*(: .*)?$")
+MAX_CAUSE = 300  # characters of a cause kept in a table cell or a one-line message
+
+
+def error_cause(text: str, default: str) -> str:
+    """The line of a traceback or log that names the cause (`ValueError: ...`, the last such line), without
+    colour codes; else the text's last line; else `default`."""
+    lines = [line.strip() for line in ANSI_CODES.sub("", text or "").splitlines() if line.strip()]
+    causes = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return ((causes or lines or [default])[-1])[:MAX_CAUSE]

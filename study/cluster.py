@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
-from cvae.cli import error_cause, fail
+from cvae.cli import fail
+from cvae.runtime import error_cause
 from cvae.runtime import VERBOSE_ENV
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
@@ -36,12 +36,12 @@ def repo_pythonpath() -> str:
     return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
-def ship_inputs(study, mirror=None):
-    """The data and the reference classifier every trial gets from the driver (cvae.train.TrialInputs), read once
-    here: a node needs neither the user's data folder nor a classifier cache, and every trial is measured by the
-    same classifier, whose SHA-256 each epoch records. A study kept in its storage keeps its classifier there too,
-    so a driver that resumes it on another machine measures with the same bytes."""
-    from cvae.data import DatasetError, load_dataset
+def ship_inputs(study, dataset, mirror=None):
+    """The data and the reference classifier every trial gets from the driver (cvae.train.TrialInputs): the data as
+    preflight.read_data read it, and the cached classifier's bytes. A node needs neither the user's data folder nor a
+    classifier cache, and every trial is measured by the same classifier, whose SHA-256 each epoch records. A study
+    kept in its storage keeps its classifier there too, so a driver that resumes it on another machine measures with
+    the same bytes."""
     from cvae.metrics import CLASSIFIER_SHA256
     from cvae.train import TrialInputs, data_fields
     from study.preflight import read_cached_classifier
@@ -49,12 +49,6 @@ def ship_inputs(study, mirror=None):
 
     config = study.spec.trial_config({})
     recorded = json.loads((study.folder / SPEC_FILE).read_text()).get(CLASSIFIER_SHA256)
-    with warnings.catch_warnings():  # check_download has already said once which data this study uses
-        warnings.simplefilter("ignore")
-        try:
-            dataset = load_dataset(config.dataset, config.data_path)
-        except DatasetError as error:  # it was read before Ray started: it changed or went away since
-            fail(f"the study's data cannot be read any more: {error}")
     classifier = stored = mirror.load_classifier() if mirror else None
     if classifier is None:
         classifier = read_cached_classifier(config)
@@ -198,10 +192,11 @@ def quiet_console() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
 
 
-def start_study(args, study):
-    """Ray joined or started, the study recorded (a new one) and announced; returns its StoreMirror (or None)."""
+def start_study(args, study, trial_env: dict):
+    """Ray joined or started (every worker gets `trial_env`), the study recorded (a new one) and announced; returns
+    its StoreMirror (or None)."""
     from study.mirror import StoreMirror
-    from study.preflight import check_classifier, check_download, check_free_space, run_flags
+    from study.preflight import check_classifier, check_free_space, run_flags
     from study.records import FLAGS_KEY
     from study.tables import save_spec
     from study.storage import is_uri
@@ -210,10 +205,9 @@ def start_study(args, study):
     set_ray_environment(args.address, args.verbose)
     if args.address:
         probe_cluster(args.address, spec)
-    extra_env = check_download(spec)
     mirror = StoreMirror(study.experiment, study.folder) if study.kept_in_storage else None
     if not args.resume:
-        save_spec(study.folder, spec, {**check_classifier(spec, extra_env), FLAGS_KEY: run_flags(args)})
+        save_spec(study.folder, spec, {**check_classifier(spec, trial_env), FLAGS_KEY: run_flags(args)})
         if mirror:
             mirror.snapshot()
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
@@ -222,7 +216,7 @@ def start_study(args, study):
           f"  results: {study.folder}; trials and checkpoints: {study.experiment}", flush=True)
     if not is_uri(study.storage):
         check_free_space(spec, Path(study.storage), args.keep_checkpoints)
-    start_ray(args.address, extra_env, args.verbose)
+    start_ray(args.address, trial_env, args.verbose)
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     if not args.verbose:
         quiet_console()

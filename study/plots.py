@@ -13,8 +13,7 @@ import seaborn as sns
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
 from study import selection
-from study.records import (MODEL, SEED_PARAMETER, STARTED_AT, label_models, param_column,  # noqa: F401 (notebook)
-                           with_models)
+from study.records import MODEL, STARTED_AT, param_column, with_models
 from study.evidence import mean_interval
 from study.space import Parameter
 
@@ -310,8 +309,7 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
             scaled[name] = column.map(codes).astype(float) / max(len(codes) - 1, 1)
         else:
             values = column.astype(float)
-            log = any(p.name == name and p.log_scaled for p in map(Parameter.from_dict, spec["parameters"]))
-            values = np.log(values) if log and (values > 0).all() else values
+            values = np.log(values) if name in log_scaled(spec) and (values > 0).all() else values
             span = values.max() - values.min()
             scaled[name] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
     figure, axis = plt.subplots(figsize=(2.2 * len(names) + 2, 4.4))
@@ -348,8 +346,15 @@ def axis_labels(column: pd.Series, scaled: pd.Series) -> list[tuple[float, str]]
     return [(height, f"{value:.3g}") for height, value in sorted(chosen)]
 
 
-def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
-    """grey_weight / grey_threshold / warmup_epochs (columns) against fid, grey_fraction, collapse_rate (rows)."""
+def log_scaled(spec: dict) -> set[str]:
+    """The parameters a study (its study.json) searched on a log scale: their axes are drawn on one too."""
+    return {parameter.name for parameter in map(Parameter.from_dict, spec.get("parameters", []))
+            if parameter.log_scaled}
+
+
+def plot_grey_effects(trials: pd.DataFrame, spec: dict, metrics=GREY_METRICS) -> plt.Figure:
+    """grey_weight / grey_threshold / warmup_epochs (columns) against fid, grey_fraction, collapse_rate (rows); a
+    parameter searched on a log scale gets a log axis."""
     parameters = [p for p in GREY_PARAMETERS if param_column(p) in trials]
     if not parameters:
         raise ValueError(f"the study searched none of {', '.join(GREY_PARAMETERS)}")
@@ -364,7 +369,7 @@ def plot_grey_effects(trials: pd.DataFrame, metrics=GREY_METRICS) -> plt.Figure:
             sns.scatterplot(data=trials, x=param_column(parameter), y=metric, hue=hue, style=style,
                             markers={"completed": "o", "pruned": "X"} if style else True, ax=axis,
                             legend=(row, column) == (0, len(parameters) - 1))
-            if parameter == "grey_weight":
+            if parameter in log_scaled(spec):
                 axis.set_xscale("log")
                 axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, not one per decade
                 axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))

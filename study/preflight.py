@@ -12,10 +12,13 @@ import socket
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cvae.cli import DATA_FLAGS, config_overrides, error_cause, fail
-from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES, MNIST
+from cvae.cli import DATA_FLAGS, config_overrides, fail
+from cvae.runtime import error_cause
+from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES
 from study.cluster import REPO, repo_pythonpath
 from study.studies import Study
 from study.space import LIMITS, SpecError, StudySpec, check_name, load_spec
@@ -256,7 +259,7 @@ def read_cached_classifier(config):
     from cvae.classifier import cached_classifier_file
     from cvae.train import data_fields
 
-    with warnings.catch_warnings():  # check_download has already said once which data this study uses
+    with warnings.catch_warnings():  # read_data has already said once which data this study uses
         warnings.simplefilter("ignore")
         try:
             return cached_classifier_file(*data_fields(config))
@@ -278,36 +281,33 @@ def prepare_classifier(config, extra_env: dict) -> None:
              f"({error_cause(child.stderr + child.stdout, 'no reason given')})")
 
 
-def check_data(spec) -> None:
-    """Read the study's data once in the driver, so bad data is one line now instead of failing every trial."""
-    from cvae.data import DatasetError, load_dataset
+@dataclass(frozen=True)
+class DriverData:
+    """The study's data as the driver read it, once, before Ray starts: what every trial is shipped."""
+
+    dataset: Any  # cvae.data.Dataset
+    env: dict  # for every trial: CVAE_OFFLINE / CVAE_FALLBACK_NOTED when only the embedded sample was reachable
+
+
+def read_data(spec) -> DriverData:
+    """Read the study's data once in the driver: bad data is one line now (exit 2) instead of failing every trial,
+    and the digits read here are the ones every trial gets. If only the embedded MNIST sample is reachable, say so
+    once here and tell the trials (no download attempt, no warning each)."""
+    from cvae.data import FALLBACK_NOTED_ENV, OFFLINE_ENV, DatasetError, load_dataset
 
     config = spec.trial_config({})
-    if not config.data_path and config.dataset == MNIST:
-        return  # the lookup order ends at the embedded sample, which check_download reports on
-    try:
-        load_dataset(config.dataset, config.data_path)
-    except DatasetError as error:
-        fail(str(error))
-
-
-def check_download(spec) -> dict:
-    """Look for the study's dataset once in the driver. If only the embedded fallback is reachable, say so once
-    here and tell the trials (CVAE_OFFLINE=1: no download attempt; CVAE_FALLBACK_NOTED=1: no warning each)."""
-    from cvae.data import FALLBACK_NOTED_ENV, OFFLINE_ENV, keras_cache_dir, load_dataset
-
-    config = spec.trial_config({})
-    if config.dataset != MNIST or config.data_path or (keras_cache_dir() / "mnist.npz").exists():
-        return {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = load_dataset(config.dataset).source
-    if "fallback" not in source:
-        return {}
+        try:
+            dataset = load_dataset(config.dataset, config.data_path)
+        except DatasetError as error:
+            fail(str(error))
+    if "fallback" not in dataset.source:
+        return DriverData(dataset, {})
     reason = str(caught[0].message).split("); ")[0] + ")" if caught else "full MNIST not found"
     print(f"data: the embedded 5,000-digit MNIST sample ({reason}); every trial records its data source",
           flush=True)
-    return {OFFLINE_ENV: "1", FALLBACK_NOTED_ENV: "1"}
+    return DriverData(dataset, {OFFLINE_ENV: "1", FALLBACK_NOTED_ENV: "1"})
 
 
 WEIGHTS_MB = 18.0  # model_4's weights at width 1 (17.7-17.8 MB for latent 8-40); a checkpoint with Adam's state is 3x

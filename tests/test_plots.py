@@ -13,6 +13,7 @@ from scipy import stats  # noqa: E402
 
 from cvae.metrics import SAMPLE_METRICS  # noqa: E402
 from study import plots  # noqa: E402
+from study.records import label_models, with_models  # noqa: E402
 
 PRESETS = ("model_1", "model_2", "model_3", "model_4", "model_5")
 
@@ -40,7 +41,7 @@ def test_model_table_means_stds_and_intervals_per_model(models_tables):
 
 def test_label_models_without_presets_drops_the_seed():
     frame = pd.DataFrame({"trial_id": ["a", "b"], "param_latent_dim": [8, 16], "param_seed": [0, 1]})
-    assert list(plots.label_models(frame)) == ["latent_dim=8", "latent_dim=16"]
+    assert list(label_models(frame)) == ["latent_dim=8", "latent_dim=16"]
 
 
 def test_model_metrics_has_one_panel_per_sample_metric(models_tables):
@@ -69,7 +70,7 @@ def test_sample_grids_one_panel_per_model():
 
 def test_thickness_sweeps_one_panel_per_model_with_ten_digits(models_tables):
     trials, _, details = models_tables()
-    details = details.merge(plots.with_models(trials)[["trial_id", "model"]], on="trial_id")
+    details = details.merge(with_models(trials)[["trial_id", "model"]], on="trial_id")
     figure = plots.plot_thickness_sweeps(details)
     assert [axis.get_title() for axis in figure.axes] == list(PRESETS)
     assert len(figure.axes[0].get_lines()) == 10 + 1  # one per digit + the diagonal
@@ -79,7 +80,7 @@ def test_thickness_sweeps_one_panel_per_model_with_ten_digits(models_tables):
 
 def test_class_parity_bars_for_real_and_each_group(models_tables):
     trials, _, details = models_tables()
-    details = details.merge(plots.with_models(trials)[["trial_id", "model"]], on="trial_id")
+    details = details.merge(with_models(trials)[["trial_id", "model"]], on="trial_id")
     figure = plots.plot_class_parity(details)
     axis = figure.axes[0]
     assert [t.get_text() for t in axis.get_legend().get_texts()] == ["real digits", *PRESETS]
@@ -104,7 +105,7 @@ def test_search_figures(grey_spec, search_tables):
     assert len(parallel.axes[0].get_lines()) == len(trials)
     assert [t.get_text() for t in parallel.axes[0].get_xticklabels()] == [p["name"] for p in grey_spec["parameters"]]
 
-    effects = plots.plot_grey_effects(trials)
+    effects = plots.plot_grey_effects(trials, grey_spec)
     assert len(effects.axes) == 3 * 3 and effects.axes[0].get_xscale() == "log"
     assert effects.axes[3].get_ylabel() == "grey_fraction"
     assert "x: pruned, fewer epochs" in effects._suptitle.get_text()  # mixed fidelity is marked, not hidden
@@ -157,9 +158,20 @@ def test_pareto_front_is_the_non_dominated_trials():
     assert len(real) == 1 and list(real[0].get_ydata()) == [0.48, 0.48]  # a horizontal line at the real value
 
 
-def test_grey_effects_needs_a_grey_parameter():
+def test_grey_effects_needs_a_grey_parameter(grey_spec):
     with pytest.raises(ValueError, match="searched none of"):
-        plots.plot_grey_effects(pd.DataFrame({"param_latent_dim": [4], "fid": [1.0]}))
+        plots.plot_grey_effects(pd.DataFrame({"param_latent_dim": [4], "fid": [1.0]}), grey_spec)
+
+
+def test_an_axis_is_log_scaled_where_the_parameter_was_searched_on_a_log_scale(grey_spec, search_tables):
+    """The scale comes from the study's Parameter, not from the parameter's name."""
+    trials, _ = search_tables(collapse_from_start=False)
+    linear = {**grey_spec, "parameters": [dict(p, distribution="uniform") if p["name"] == "grey_weight" else p
+                                          for p in grey_spec["parameters"]]}
+    assert "grey_weight" in plots.log_scaled(grey_spec) and "grey_weight" not in plots.log_scaled(linear)
+    assert "latent_dim" in plots.log_scaled(grey_spec)  # int with log: true
+    assert plots.plot_grey_effects(trials, grey_spec).axes[0].get_xscale() == "log"
+    assert plots.plot_grey_effects(trials, linear).axes[0].get_xscale() == "linear"
 
 
 # ---------------------------------------------------------------- verdicts
@@ -172,7 +184,7 @@ def test_figures_read_at_print_size(grey_spec, models_tables, search_tables):
     history = plots.plot_objective_history(trials, grey_spec)
     ticks = history.axes[0].get_xticks()
     assert len(ticks) and all(float(tick).is_integer() for tick in ticks)
-    effects = plots.plot_grey_effects(trials)
+    effects = plots.plot_grey_effects(trials, grey_spec)
     effects.canvas.draw()
     weight_axis = effects.axes[len(effects.axes) - len(plots.GREY_PARAMETERS)]  # bottom row, grey_weight column
     shown = [label.get_text() for label in weight_axis.get_xticklabels() if label.get_text()]

@@ -484,14 +484,6 @@ def test_a_weak_classifier_stops_the_study_unless_the_file_allows_it(tmp_path, e
     assert trials["classifier_accuracy"][0] < 0.5  # recorded with every trial
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.private_network
 def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
     """A head started with token authentication: without the token the driver says so in one line; with
@@ -499,7 +491,9 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
     import secrets
     import socket
 
-    port, token = _free_port(), secrets.token_hex(32)
+    from study.object_store import free_ports
+
+    [port], token = free_ports(1), secrets.token_hex(32)
     user_home = tmp_path / "user-home"
     user_home.mkdir()
     head = subprocess.Popen(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
