@@ -198,3 +198,13 @@ def test_locations_and_files_on_a_real_object_store(object_store, tmp_path):
     dead = base.replace(object_store.endpoint, "127.0.0.1:9")  # the discard port: no store answers there
     reason = check_writable(dead)
     assert reason and "connect" in reason.lower() and time.monotonic() - started < 30, reason
+
+
+def test_the_local_object_store_command_needs_credentials_and_says_so(tmp_path):
+    """`python -m study.object_store` (trying --storage-path on one machine) refuses in one line, exit 2, without
+    the credentials the store takes as its identity."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    result = subprocess.run([sys.executable, "-m", "study.object_store", str(tmp_path / "store")], env=environment,
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in result.stderr and "Traceback" not in result.stderr

@@ -244,7 +244,7 @@ def test_asha_prunes_trials_and_the_study_finishes(tmp_path, write_space):
     space = write_space(tmp_path, "pruned", """
         name: pruned
         base: model_4
-        fixed: {dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5}
+        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5}
         parameters:
           grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
           latent_dim: {distribution: int, low: 2, high: 40}
