@@ -6,7 +6,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, stats
 
 from cvae.data import NUM_CLASSES, Split, ThicknessStats, make_conditions, stratified_subset, thickness_of, white_ratio
 
@@ -107,6 +106,8 @@ def relative_widths(widths: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets."""
+    from scipy import linalg  # scipy loads when a metric is computed: the commands' early refusals never need it
+
     mean_a, mean_b = features_a.mean(axis=0), features_b.mean(axis=0)
     cov_a = np.cov(features_a, rowvar=False)
     cov_b = np.cov(features_b, rowvar=False)
@@ -131,6 +132,8 @@ def ink_w1(images: np.ndarray, real_images: np.ndarray) -> float:
     generated, real = images[images > INK_LEVEL], real_images[real_images > INK_LEVEL]
     if not len(generated) or not len(real):
         return 1.0
+    from scipy import stats
+
     return float(stats.wasserstein_distance(generated, real))
 
 
@@ -164,6 +167,8 @@ def thickness_agreement(requested: np.ndarray, measured: np.ndarray) -> tuple[fl
     if np.ptp(measured) == 0 or np.ptp(requested) == 0:
         correlation = 0.0
     else:
+        from scipy import stats
+
         correlation = float(stats.spearmanr(requested, measured).statistic)
     return correlation, float(np.mean(np.abs(requested - measured)))
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from study.space import StudySpec
 from study.storage import is_uri, join
+
+if TYPE_CHECKING:  # pandas loads with the tables: a refused command never reads them
+    import pandas as pd
 
 TUNE_DIR = "tune"  # under the results folder: Tune's trials and checkpoints when no --storage-path is given
 
