@@ -13,8 +13,7 @@ import threading
 from pathlib import Path
 
 from cvae.cli import fail
-from cvae.runtime import error_cause
-from cvae.runtime import VERBOSE_ENV
+from cvae.runtime import VERBOSE_ENV, error_cause
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: shipped to cluster nodes, on local workers' path
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor in a job's driver (ray job submit)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cvae.cli import DATA_FLAGS, config_overrides, fail
-from cvae.runtime import error_cause
 from cvae.config import MAX_EPOCHS, MAX_TRAIN_SAMPLES
+from cvae.runtime import error_cause
 from study.cluster import REPO, repo_pythonpath
 from study.studies import Study
 from study.space import LIMITS, SpecError, StudySpec, check_name, load_spec

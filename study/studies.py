@@ -46,7 +46,7 @@ class Study:
     @classmethod
     def open(cls, location: str | Path) -> "Study":
         """A finished or running study from its results folder or its storage URI (STORAGE/NAME), its tables read
-        and checked (results.load_results).
+        and checked (tables.load_results).
 
         Raises:
             ValueError naming what is wrong (not a study, damaged tables, unreachable store).
@@ -81,14 +81,14 @@ class Study:
         return objective_text(self.spec.metrics, self.spec.modes)
 
     def best(self, trials: pd.DataFrame | None = None) -> pd.Series:
-        """The best trial (results.BEST_RULE) of `trials` (default: the study's own table)."""
+        """The best trial (selection.BEST_RULE) of `trials` (default: the study's own table)."""
         from study.selection import best_trial
 
         return best_trial(self.trials if trials is None else trials, self.spec.metrics, self.spec.modes)
 
     def checkpoint(self, path) -> Path:
         """A trials.csv checkpoint as a local folder: inside the results folder or the study's own storage (a
-        remote one fetched once into the local cache); results.checkpoint_within says what is refused."""
+        remote one fetched once into the local cache); tables.checkpoint_within says what is refused."""
         from study.tables import checkpoint_within
 
         return checkpoint_within(self.folder, path, self.record)

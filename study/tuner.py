@@ -411,7 +411,7 @@ def run_config(spec, storage_path: str, callbacks: list, keep_checkpoints: int =
         callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(
-            # The newest: a trial's result is its last epoch (results.BEST_RULE) and a resume needs it. Keeping
+            # The newest: a trial's result is its last epoch (selection.BEST_RULE) and a resume needs it. Keeping
             # one also makes every checkpoint push the experiment state to the storage folder at once.
             num_to_keep=keep_checkpoints,
         ),
