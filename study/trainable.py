@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -85,8 +86,28 @@ def quiet_library_logs() -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+def quiet_worker_exit() -> None:
+    """Unless the study runs verbose, let a trial's worker be ended without a traceback on the study's console.
+
+    Ray ends a worker it no longer needs (the study is over, the driver stopped) by raising SystemExit in it; when
+    that lands inside a weakref callback, Python cannot raise it and prints "Exception ignored in: ... SystemExit"
+    instead. An exit Ray asked for is not an error; every other unraisable exception is still printed.
+    """
+    if os.environ.get(VERBOSE_ENV) == "1" or getattr(sys.unraisablehook, "quiet_worker_exit", False):
+        return
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, SystemExit):
+            default(unraisable)
+
+    hook.quiet_worker_exit = True
+    sys.unraisablehook = hook
+
+
 # A trial worker imports this module before Tune restores the trial (the restore logs before run_trial runs).
 quiet_library_logs()
+quiet_worker_exit()
 
 
 def run_trial(params: dict, spec, inputs=None) -> None:
