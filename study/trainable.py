@@ -93,7 +93,7 @@ def quiet_worker_exit() -> None:
     that lands inside a weakref callback, Python cannot raise it and prints "Exception ignored in: ... SystemExit"
     instead. An exit Ray asked for is not an error; every other unraisable exception is still printed.
     """
-    if os.environ.get(VERBOSE_ENV) == "1" or getattr(sys.unraisablehook, "quiet_worker_exit", False):
+    if os.environ.get(VERBOSE_ENV) == "1":
         return
     default = sys.unraisablehook
 
@@ -101,7 +101,6 @@ def quiet_worker_exit() -> None:
         if not issubclass(unraisable.exc_type, SystemExit):
             default(unraisable)
 
-    hook.quiet_worker_exit = True
     sys.unraisablehook = hook
 
 
