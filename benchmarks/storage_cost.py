@@ -32,7 +32,7 @@ def checkpoint_uploads(scratch: Path, store: str, rounds: int) -> dict:
 
     from cvae.config import preset
     from cvae.train import train
-    from study.storage import filesystem_of, join, storage_filesystem
+    from study.store.storage import filesystem_of, join, storage_filesystem
 
     config = preset("model_4").replace(dataset="mnist-5k", epochs=1, max_train_samples=300, eval_samples=200,
                                        sweep_latents=2)
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    from study.object_store import LocalObjectStore
+    from study.store.loopback_store import LocalObjectStore
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "cvae-benchmark")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "cvae-benchmark-secret")

@@ -1,6 +1,6 @@
 """Driver overhead at scale: thousands of trivial trials (no TensorFlow) through the study's real runner.
 
-The same Tuner a study builds (study.tuner.build_tuner: Optuna searcher, FIFO scheduler, the StudyProgress
+The same Tuner a study builds (study.driver.tuner.build_tuner: Optuna searcher, FIFO scheduler, the StudyProgress
 callback that appends epochs.csv and rewrites trials.csv, checkpoint settings, Tune's experiment snapshots)
 runs trials that only sleep and report. Their own time is known exactly, so
 
@@ -57,8 +57,8 @@ def main() -> int:
     import optuna
     import ray
 
-    from study.space import load_spec
-    from study.tuner import build_tuner
+    from study.spec.study_file import load_spec
+    from study.driver.tuner import build_tuner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = dataclasses.replace(load_spec("smoke.yaml"), name="scale", sampler="random", num_samples=args.trials,

@@ -126,18 +126,6 @@ def _cache_paths(dataset: str, data_path: str, validation_fraction: float, test_
     return raw, model_path, model_path.with_suffix(".json"), fingerprint
 
 
-def cached_accuracy(dataset: str, data_path: str = "", validation_fraction: float = 0.1,
-                    test_fraction: float = 0.1) -> tuple[float, float] | None:
-    """(test accuracy, required accuracy) of a dataset's cached classifier, read without TensorFlow; None when
-    there is no usable cache (load_classifier then trains or repairs it)."""
-    raw, model_path, info_path, fingerprint = _cache_paths(dataset, data_path, validation_fraction, test_fraction)
-    try:
-        info = _cache_info(model_path, info_path, fingerprint)
-        return float(info["test_accuracy"]), required_accuracy(raw.name, len(raw.labels))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _load_cached(model_path: Path, info_path: Path, fingerprint: str):
     """The cached model if every check passes, else None (with the reason as a warning)."""
     import keras

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae.environment import CACHE_DIR_ENV, FALLBACK_NOTED_ENV, KERAS_HOME_ENV, OFFLINE_ENV
 from cvae.config import DATASETS, FASHION_MNIST, MNIST
 from cvae.datasets import DATASET_INFO, dataset_info
 
@@ -23,8 +24,6 @@ CONDITION_DIM = NUM_CLASSES + 1
 SPLIT_SEED = 20240611  # the held-out split never depends on a trial's seed, so trials are comparable
 DOWNLOAD_TIMEOUT_S = 15.0
 DOWNLOAD_RETRY_S = 24 * 3600  # after a failed download, the next attempt waits this long
-OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
-FALLBACK_NOTED_ENV = "CVAE_FALLBACK_NOTED"  # "1": the study driver already told the user about the fallback
 _failed_downloads: set[str] = set()  # a failed download is not retried in the same process
 
 
@@ -171,7 +170,7 @@ def read_user_path(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def keras_cache_dir() -> Path:
     """Where keras keeps downloads (KERAS_HOME honoured), without importing keras."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    home = os.environ.get(KERAS_HOME_ENV) or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "datasets"
 
 
@@ -191,7 +190,7 @@ def download_keras(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def cache_dir() -> Path:
     """CVAE_CACHE_DIR, else ~/.cache/cvae-study (classifier and parsed embedded sample)."""
-    return Path(os.environ.get("CVAE_CACHE_DIR") or Path.home() / ".cache" / "cvae-study")
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cvae-study")
 
 
 def read_embedded() -> tuple[np.ndarray, np.ndarray]:

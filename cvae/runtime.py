@@ -10,18 +10,18 @@ import re
 import sys
 
 from cvae.data import cache_dir
+from cvae.environment import TF_LOG_LEVEL_ENV
 
-VERBOSE_ENV = "CVAE_VERBOSE"  # "1": show TensorFlow's and Ray's own start-up and bookkeeping lines
 
 
 @contextlib.contextmanager
-def native_stderr_to(path: str | os.PathLike):
-    """Send the process's file descriptor 2 to `path` for a while (unless CVAE_VERBOSE=1).
+def native_stderr_to(path: str | os.PathLike, verbose: bool = False):
+    """Send the process's file descriptor 2 to `path` for a while (unless verbose).
 
     TensorFlow's C++ start-up lines (oneDNN, CUDA probing, absl) are written there before any log level
     applies, so no environment variable silences them; they are kept in the file instead of the console.
     """
-    if os.environ.get(VERBOSE_ENV) == "1":
+    if verbose:
         yield
         return
     sys.stderr.flush()
@@ -39,18 +39,18 @@ def native_stderr_to(path: str | os.PathLike):
 TENSORFLOW_STARTUP_LOG = "tensorflow_startup.log"  # a command's TensorFlow start-up lines, in the cache folder
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(verbose: bool = False) -> None:
     """Import TensorFlow and let it probe its devices with its start-up lines sent to the cache folder's
-    tensorflow_startup.log (on the console with CVAE_VERBOSE=1): oneDNN, CUDA and absl notices, and `failed call to
+    tensorflow_startup.log (on the console when verbose): oneDNN, CUDA and absl notices, and `failed call to
     cuInit` on a machine without a GPU, are written before any log level applies and mean nothing to a user."""
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_stderr_to(folder / TENSORFLOW_STARTUP_LOG):
+    os.environ.setdefault(TF_LOG_LEVEL_ENV, "2")  # TensorFlow reads it at import
+    with native_stderr_to(folder / TENSORFLOW_STARTUP_LOG, verbose):
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # CUDA is probed here, not at import
-    if os.environ.get(VERBOSE_ENV) != "1":
+    if not verbose:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
+from cvae.command_line import ArgumentParser, add_verbose_flag, exit_with, fail
 from cvae.data import NUM_CLASSES
 from cvae.runtime import import_tensorflow_quietly
 from cvae.drawing import (SampleError, add_title, check_request, draw_grid, label_grid, load_generator,
@@ -37,7 +37,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--title", help="text above the picture (default: the checkpoint's folder and epoch)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    apply_verbose(args)
     try:
         if not 1 <= args.samples <= MAX_SAMPLES:
             raise SampleError(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         style = read_digit_image(args.style) if args.style else None
-        import_tensorflow_quietly()
+        import_tensorflow_quietly(args.verbose)
         encoder, decoder, config, stats = load_generator(args.checkpoint)
         if style is None:
             images = draw_grid(decoder, args.digits, args.thickness, args.seed, args.samples)

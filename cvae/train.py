@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from cvae.cli import (DATA_FLAGS, ArgumentParser, add_config_flags, add_verbose_flag, apply_verbose, config_overrides,
+from cvae.command_line import (DATA_FLAGS, ArgumentParser, add_config_flags, add_verbose_flag, config_overrides,
                       exit_with)
 from cvae.config import PRESETS, TrialConfig, preset
 from cvae.metrics import CHECKPOINT_KEY, STATUS_COMPLETED
@@ -221,7 +221,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    apply_verbose(args)
 
     changes = {**dict(args.overrides), **config_overrides(args, TRAIN_FLAGS)}
     try:
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
           else f"training {args.preset} on {config.dataset}", flush=True)
     from cvae.runtime import import_tensorflow_quietly
 
-    import_tensorflow_quietly()
+    import_tensorflow_quietly(args.verbose)
     try:
         result = train(config, report=write_row, checkpoint=resume_from, checkpoint_dir=out / "checkpoints",
                        verbose=0 if args.quiet else 1)

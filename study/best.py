@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cvae.cli import ArgumentParser, exit_with, fail
-from study.records import trial_params
-from study.selection import BEST_RULE, metric_pairs, provisional_note
-from study.tables import resolve_path
-from study.studies import Study
+from cvae.command_line import ArgumentParser, exit_with, fail
+from study.tables.records import trial_params
+from study.tables.selection import BEST_RULE, metric_pairs, provisional_note
+from study.tables.table_files import resolve_path
+from study.tables.studies import Study
 
 
 def main(argv=None, prog: str = "python study/best.py") -> int:

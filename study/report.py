@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvae.cli import ArgumentParser, add_verbose_flag, apply_verbose, exit_with, fail
-from study.records import FIGURES_DIR, SUMMARY_FILE
-from study.reporting import collect_details, make_figures, write_summary
-from study.studies import Study
-from study.tables import load_details
+from cvae.command_line import ArgumentParser, add_verbose_flag, exit_with, fail
+from study.tables.records import FIGURES_DIR, SUMMARY_FILE
+from study.analysis.details import collect_details
+from study.analysis.figures import make_figures
+from study.analysis.summary_file import write_summary
+from study.tables.studies import Study
+from study.tables.table_files import load_details
 
 
 def parse_args(argv, prog: str):
@@ -31,7 +33,6 @@ def parse_args(argv, prog: str):
     parser.add_argument("--out", help="with --pool: the folder for the pooled study's tables, figures and summary")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    apply_verbose(args)
     if not 20 <= args.dpi <= 600:
         fail(f"--dpi must be in [20, 600], got {args.dpi}")
     if bool(args.pool) != bool(args.out):
@@ -41,7 +42,7 @@ def parse_args(argv, prog: str):
 
 def pool_studies(args) -> Path:
     """--pool: the pooled study's folder, made from the first study and the others (exit 2 if they differ)."""
-    from study.pooling import pool
+    from study.tables.pooling import pool
 
     folder = Path(args.out)
     if folder.resolve() in {Path(f).resolve() for f in (args.results, *args.pool)}:
@@ -73,7 +74,8 @@ def main(argv=None, prog: str = "python study/report.py") -> int:
         if args.no_details:
             details, grids = load_details(folder)
         else:
-            details, grids = collect_details(folder, trials, spec, refresh=args.refresh_details)
+            details, grids = collect_details(folder, trials, spec, refresh=args.refresh_details,
+                                                verbose=args.verbose)
     except ValueError as error:  # a received folder's details or checkpoint paths are not what report.py wrote
         fail(str(error))
     figures = make_figures(trials, epochs, details, grids, spec)

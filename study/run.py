@@ -1,21 +1,31 @@
 """CLI: python study/run.py --space grey_loss.yaml — run (or resume) a Ray Tune + Optuna study of the C-VAE.
 
-Flags -> Study (study/preflight.py checks everything it can first) -> the study folder under its lock -> Ray
-(study/cluster.py) -> the Tuner (study/tuner.py) -> the end of the run (study/summary.py)."""
+Flags -> RunRequest -> Study (study/driver/checks.py checks everything it can first) -> the study folder under its
+lock -> Ray (study/driver/launch.py) -> the Tuner (study/driver/tuner.py) -> the end of the run
+(study/driver/ending.py). Library code raises; this command turns each ending into its line and exit code."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 import warnings
 
-from cvae.cli import DATA_FLAGS, ArgumentParser, add_config_flags, exit_with
-from study.cluster import default_results_dir, ship_inputs, start_study
-from study.preflight import (DriverData, check_same_study, check_study_folder, prepare, read_data,
-                             restore_from_storage, take_lock)
-from study.studies import Study
-from study.summary import end_run, stop_for_disk
+from cvae.environment import RAY_ADDRESS_ENV
+from cvae.command_line import DATA_FLAGS, ArgumentParser, add_config_flags, exit_with, refuse
+from study.driver.checks import (RunRequest, check_same_study, check_study_folder, prepare, restore_from_storage,
+                                 take_lock)
+from study.driver.ending import Outcome, end_run, stop_for_disk
+from study.driver.inputs import DriverData, read_data, ship_inputs
+from study.driver.launch import start_study
+from study.driver.ray_cluster import default_results_dir
+from study.errors import Refusal
+from study.tables.studies import Study
+
+EXIT_CODES = {Outcome.DONE: 0, Outcome.TRIAL_ERROR: 1,
+              Outcome.DISK_FULL: 1,  # an error, not an interruption, though --resume continues once space is freed
+              Outcome.INTERRUPTED: 130}  # the shell's code for a command ended by Ctrl-C: resumable, not done
 
 
 def parse_args(argv, prog: str = "python study/run.py"):
@@ -41,14 +51,15 @@ def parse_args(argv, prog: str = "python study/run.py"):
                         "NAME_more, which study/report.py pools with it (--pool)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.5)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+    parser.add_argument("--address", default=os.environ.get(RAY_ADDRESS_ENV),
                         help="join an existing Ray cluster (HEAD_IP:6379; default $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--storage-path", help="where Tune keeps trials and checkpoints: a folder every node can "
                         "reach or a URI (s3://bucket/path, with ?endpoint_override=HOST:PORT&scheme=http or "
                         "AWS_ENDPOINT_URL for an S3-compatible store); the study's tables live there too, so --resume, "
                         "best.py, sample.py and report.py work from any machine (default results/<name>/tune)")
-    parser.add_argument("--storage", help="keep the Optuna study in a database, e.g. sqlite:///results/grey_loss.db "
-                        "(readable by optuna-dashboard and the optuna CLI)")
+    parser.add_argument("--optuna-storage", "--storage", dest="optuna_storage",
+                        help="keep the Optuna study in a database, e.g. sqlite:///results/grey_loss.db (readable by "
+                        "the optuna CLI and optuna-dashboard); --storage is its older name")
     parser.add_argument("--results-dir", default=str(default_results_dir()),
                         help="parent of results/<name> (default results/; in a Ray job ~/cvae-study-results, as the "
                         "job's working folder is replaced while it runs)")
@@ -68,34 +79,49 @@ def parse_args(argv, prog: str = "python study/run.py"):
 
 
 def main(argv=None, prog: str = "python study/run.py") -> int:
-    args = parse_args(argv, prog)
-    if not args.verbose:  # a second Ctrl-C can leave Ray's log files to the interpreter's exit: not the user's concern
+    request = RunRequest(**vars(parse_args(argv, prog)))
+    if not request.verbose:  # a second Ctrl-C can leave Ray's log files to the interpreter's exit: not the user's
         warnings.simplefilter("ignore", ResourceWarning)
-    study = prepare(args)
+    try:
+        return EXIT_CODES[run(request)]
+    except Refusal as error:
+        return refuse(error)
+
+
+def run(request: RunRequest) -> Outcome:
+    study = prepare(request)
     data = read_data(study.spec)  # input checks first; what depends on the study folder's state waits for its lock
     lock = take_lock(study)
     try:
-        if args.resume and study.kept_in_storage:
+        if request.resume and study.kept_in_storage:
             restore_from_storage(study)  # a resume on a machine without the tables
-        rebuild_tuner_state = check_study_folder(args, study)
-        if args.resume:
-            check_same_study(args, study)
-        return run_study(args, study, data, rebuild_tuner_state)
+        rebuild_tuner_state = check_study_folder(request, study)
+        if request.resume:
+            check_same_study(request, study)
+        return run_study(request, study, data, rebuild_tuner_state)
     finally:
         lock.release()
 
 
-def run_study(args, study: Study, data: DriverData, rebuild_tuner_state: bool = False) -> int:
+def stop_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM (a scheduler's or a container's stop) ends the study the way Ctrl-C does: state saved, tables
+    written, running trials marked interrupted."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_study(request: RunRequest, study: Study, data: DriverData, rebuild_tuner_state: bool = False) -> Outcome:
     """Start Ray, build or restore the Tuner, fit it, and end the run (a full disk stops it in one line)."""
-    from study.storage import disk_reserve, is_disk_full
+    from study.store.storage import disk_reserve, is_disk_full
 
-    mirror = start_study(args, study, data.env)
+    mirror = start_study(request, study, data.env)
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     trackers = ()
-    if args.mlflow:
-        from study.tracking import MlflowTracker
+    if request.mlflow:
+        from study.driver.tracking import MlflowTracker
 
-        trackers = (MlflowTracker(args.mlflow, study.spec.name),)
-    tuner = make_tuner(args, study, ship_inputs(study, data.dataset, mirror), mirror, trackers, rebuild_tuner_state)
+        trackers = (MlflowTracker(request.mlflow, study.spec.name),)
+    inputs = ship_inputs(study, data.dataset, mirror)
+    tuner = make_tuner(request, study, inputs, mirror, trackers, rebuild_tuner_state)
     started = time.time()
     with disk_reserve(study.folder) as release_reserve:
         try:
@@ -104,24 +130,25 @@ def run_study(args, study: Study, data: DriverData, rebuild_tuner_state: bool = 
             if not is_disk_full(error):
                 raise
             release_reserve()  # room for the rewrite that marks the running trials interrupted
-            return stop_for_disk(error, study, args)
-    return end_run(study, grid, mirror, trackers, time.time() - started, args.space)
+            return stop_for_disk(error, study, request)
+    return end_run(study, grid, mirror, trackers, time.time() - started, request.space)
 
 
-def make_tuner(args, study: Study, inputs, mirror, trackers: tuple, rebuild_tuner_state: bool):
+def make_tuner(request: RunRequest, study: Study, inputs, mirror, trackers: tuple, rebuild_tuner_state: bool):
     """A new study's Tuner, or a resumed one's restored; both hand every trial `inputs` (the driver's data and
     classifier)."""
-    from study.storage import TUNER_STATE
-    from study.tuner import build_tuner, restore_tuner
+    from study.store.storage import TUNER_STATE
+    from study.driver.tuner import build_tuner, restore_tuner
 
     spec, folder = study.spec, study.folder
-    if not args.resume:
-        return build_tuner(spec, study.storage, folder, args.storage, args.reuse_actors, trackers,
-                           args.keep_checkpoints, inputs=inputs, mirror=mirror)
+    if not request.resume:
+        return build_tuner(spec, study.storage, folder, request.optuna_storage, request.reuse_actors, trackers,
+                           request.keep_checkpoints, inputs=inputs, mirror=mirror)
     if rebuild_tuner_state:
         # It holds the Tuner as first built; check_same_study made sure the study file and flags still are.
         print(f"note: Tune's {TUNER_STATE} was cut short by a killed driver; rebuilt from the study file", flush=True)
-        build_tuner(spec, study.storage, folder, args.storage, args.reuse_actors, (), args.keep_checkpoints)
+        build_tuner(spec, study.storage, folder, request.optuna_storage, request.reuse_actors, (),
+                    request.keep_checkpoints)
     return restore_tuner(spec, study.experiment, folder, trackers, inputs, mirror)
 
 

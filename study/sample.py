@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-from cvae.cli import ArgumentParser, exit_with, fail
-from study.studies import Study
-from study.storage import display, is_uri
+from cvae.command_line import ArgumentParser, exit_with, fail
+from study.tables.studies import Study
+from study.store.storage import display, is_uri
 
 
 def main(argv=None, prog: str = "python study/sample.py") -> int:

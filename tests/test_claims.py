@@ -1,11 +1,11 @@
-"""Claim verdicts (study/claims.py) follow the numbers of fake studies made to hold, or not hold, each claim."""
+"""Claim verdicts (study/analysis/claims.py) follow the numbers of fake studies made to hold, or not hold, each claim."""
 
 import re
 
 import numpy as np
 import pandas as pd
 
-from study.claims import Verdict, judge_models, judge_search, side_by_side
+from study.analysis.claims import Verdict, judge_models, judge_search, side_by_side
 
 
 def verdicts(items):

@@ -6,22 +6,30 @@ import pytest
 
 @pytest.mark.slow
 def test_the_driver_reads_a_valid_cache_without_tensorflow(tmp_path, monkeypatch):
-    """cached_accuracy (what a study's driver calls before Ray starts) agrees with the loaded classifier and trusts
-    no cache that load_classifier would not."""
+    """read_cached_classifier (what a study's driver calls before Ray starts, and again to ship the classifier) agrees
+    with the loaded classifier and trusts no cache that load_classifier would not."""
     import shutil
 
-    from cvae.classifier import cached_accuracy, load_classifier
+    from cvae.classifier import load_classifier
+    from cvae.config import TrialConfig
+    from study.driver.inputs import read_cached_classifier
 
     classifier = load_classifier("mnist-5k")
-    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
-    assert cached_accuracy("mnist-5k", test_fraction=0.2) is None  # other splits: a classifier not trained yet
+    config = TrialConfig(dataset="mnist-5k")
+
+    def read(config=config):
+        found = read_cached_classifier(config)
+        return None if found is None else (found.accuracy, found.required, found.sha256)
+
+    assert read() == (classifier.accuracy, classifier.required, classifier.sha256)
+    assert read(config.replace(test_fraction=0.2)) is None  # other splits: a classifier not trained yet
     copy = tmp_path / "cache"
     shutil.copytree(classifier.path.parent, copy)
     monkeypatch.setenv("CVAE_CACHE_DIR", str(copy))
-    assert cached_accuracy("mnist-5k") == (classifier.accuracy, classifier.required)
+    assert read() == (classifier.accuracy, classifier.required, classifier.sha256)
     with open(copy / classifier.path.name, "ab") as tampered:
         tampered.write(b"!")
-    assert cached_accuracy("mnist-5k") is None  # the checksum no longer matches: the child retrains it
+    assert read() is None  # the checksum no longer matches: the child retrains it
 
 
 def test_corrupt_classifier_cache_is_not_trusted(tmp_path):

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 def _study_command(entrypoint: str):
     """The flags of a `python study/run.py ...` entrypoint, parsed and checked as run.py checks them."""
     from study.run import parse_args
-    from study.space import load_spec
+    from study.spec.study_file import load_spec
 
     words = shlex.split(entrypoint)
     assert words[:2] == ["python", "study/run.py"], entrypoint

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study.claims import compare, decided, judge_models
-from study.evidence import PairedDifference, RankCorrelation, WelchDifference, holm, mean_interval
+from study.analysis.claims import compare, decided, judge_models
+from study.analysis.evidence import PairedDifference, RankCorrelation, WelchDifference, holm, mean_interval
 
 
 def test_welch_difference_matches_scipy_and_the_hand_computed_interval():
@@ -82,7 +82,7 @@ def test_a_grid_below_three_seeds_is_too_little_evidence():
 
 
 def test_claim_e_is_taken_from_the_warm_up_study():
-    from study.claims import Verdict, with_claim_from
+    from study.analysis.claims import Verdict, with_claim_from
 
     models = [Verdict("a", "supported", ""), Verdict("e", "not tested", "no preset")]
     warmup = [Verdict("c", "not tested", ""), Verdict("e", "supported", "4/4 collapsed")]
@@ -92,7 +92,7 @@ def test_claim_e_is_taken_from_the_warm_up_study():
 
 
 def test_side_by_side_waits_for_an_undecided_dataset():
-    from study.claims import Verdict, side_by_side
+    from study.analysis.claims import Verdict, side_by_side
 
     table = side_by_side({"MNIST": [Verdict("d", "supported", "")],
                           "Fashion-MNIST": [Verdict("d", "undecided (6 seeds per model would decide it)", "")]})

@@ -249,7 +249,7 @@ def flag_cases(places):
                                   "is a file"),
         "results-dir under /proc": (["study/run.py", "--space", "smoke.yaml", "--results-dir", "/proc/cvae-nope"],
                                     "results-dir"),
-        "storage not a URL": ([*run, "--storage", "results/x.db"], "database URL"),
+        "storage not a URL": ([*run, "--optuna-storage", "results/x.db"], "database URL"),
         "storage-path is a file": ([*run, "--storage-path", places / "a_file"], "is a file"),
         "storage-path unknown scheme": ([*run, "--storage-path", "nosuch://bucket/x"], "cannot write there"),
         "storage-path store not answering": (

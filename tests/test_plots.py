@@ -1,4 +1,4 @@
-"""Every figure and table of study.plots on small tables made here (no training); the verdicts are test_claims.py's."""
+"""Every figure and table of study.analysis.plots on small tables made here (no training); the verdicts are test_claims.py's."""
 
 
 import matplotlib
@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from cvae.metrics import SAMPLE_METRICS  # noqa: E402
-from study import plots  # noqa: E402
-from study.records import label_models, with_models  # noqa: E402
+from study.analysis import plots  # noqa: E402
+from study.tables.records import label_models, with_models  # noqa: E402
 
 PRESETS = ("model_1", "model_2", "model_3", "model_4", "model_5")
 

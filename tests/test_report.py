@@ -190,7 +190,7 @@ def test_multi_objective_study_reports_its_front(pareto_study):
 
 
 def test_front_examples_show_the_trade_off():
-    from study.reporting import front_examples
+    from study.analysis.figures import front_examples
 
     trials = pd.DataFrame({"trial_id": ["sharp", "real", "blurry", "dominated", "pruned"],
                            "status": ["completed"] * 4 + ["pruned"],
@@ -268,7 +268,7 @@ def test_every_command_is_quiet(studies, tmp_path, noise_in):
     _, grey = studies
     helps = [[*command, "--help"] for command in (["study/run.py"], ["study/best.py"], ["study/sample.py"],
                                                  ["study/report.py"], ["-m", "cvae.train"], ["-m", "cvae.sample"],
-                                                 ["-m", "study.cli"])]
+                                                 ["-m", "study.commands"])]
     runs = [["study/best.py", grey], ["study/sample.py", grey, "--out", tmp_path / "best.png"],
             ["study/report.py", grey, "--refresh-details"],
             ["-m", "cvae.train", "--dataset", "mnist-5k", "--max-train-samples", "300", "--epochs", "1", "--quiet",
@@ -280,7 +280,7 @@ def test_every_command_is_quiet(studies, tmp_path, noise_in):
         assert result.returncode == 0, (command, result.stderr[-3000:])
         assert result.stdout.strip() and not noise_in(result.stdout + result.stderr), (command, result.stderr[-3000:])
     # a reader that goes away (`cvae-study best ... | head`): a quiet exit with the shell's code for it
-    reader_gone = subprocess.Popen([sys.executable, "-m", "study.cli", "best", str(grey)], cwd=REPO,
+    reader_gone = subprocess.Popen([sys.executable, "-m", "study.commands", "best", str(grey)], cwd=REPO,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reader_gone.stdout.close()
     assert reader_gone.wait(timeout=60) == 141 and not reader_gone.stderr.read()

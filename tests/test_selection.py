@@ -1,11 +1,11 @@
-"""Choosing from the tables (study/selection.py): the best trial, a trial's last epoch, the test split's numbers,
+"""Choosing from the tables (study/tables/selection.py): the best trial, a trial's last epoch, the test split's numbers,
 what is unfinished."""
 
 import pytest
 
-from study.records import TrialRecord
-from study.selection import best_trial, has_test_numbers, incomplete_note, metric_pairs, on_test_split
-from study.tables import load_results
+from study.tables.records import TrialRecord
+from study.tables.selection import best_trial, has_test_numbers, incomplete_note, metric_pairs, on_test_split
+from study.tables.table_files import load_results
 
 
 def test_best_trial_is_completed_even_when_an_unfinished_or_pruned_one_looks_better(tmp_path, write_study):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.space import SPACES_DIR, SpecError, load_spec
+from study.spec.study_file import SPACES_DIR, SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
@@ -132,13 +132,13 @@ def test_cli_help_is_quick_and_explains():
 def test_samplers_are_seeded(sampler):
     import optuna
 
-    from study.tuner import make_sampler
+    from study.driver.search import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec("grey_loss.yaml")
     first_points = []
     for _ in range(2):
-        study = optuna.create_study(sampler=make_sampler(sampler, seed=7, multi_objective=False))
+        study = optuna.create_study(sampler=make_sampler(sampler, seed=7))
         trial = study.ask(spec.optuna_distributions())
         first_points.append(trial.params)
     assert first_points[0] == first_points[1]
@@ -158,7 +158,7 @@ def test_gp_sampler_without_torch_is_a_clear_error(tmp_path):
 
 def test_a_grid_runs_its_seeds_from_first_seed():
     """More seeds for an earlier study are a new study starting where it stopped (pooled by report.py --pool)."""
-    from study.tuner import param_space
+    from study.driver.search import param_space
 
     spec = load_spec("models_1_2_seeds.yaml")
     assert spec.first_seed == 3 and spec.repeats == 7

@@ -19,7 +19,7 @@ KILLED_COPY = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import pyarrow, pyarrow.fs
-    from study.storage import storage_filesystem
+    from study.store.storage import storage_filesystem
 
     class Blocking:
         def __init__(self, data, marker):
@@ -77,7 +77,7 @@ def _kill_mid_copy(tmp_path, atomic: bool):
 
 
 def test_a_copy_killed_halfway_leaves_the_old_file_whole(tmp_path):
-    from study.storage import PARTIAL_SUFFIX, remove_partial_files
+    from study.store.storage import PARTIAL_SUFFIX, remove_partial_files
 
     torn, old, _ = _kill_mid_copy(tmp_path, atomic=False)
     assert torn != old and len(torn) == 1 << 20  # pyarrow's own local file system: truncated, half written
@@ -96,7 +96,7 @@ def test_the_atomic_file_system_writes_copies_and_travels_to_workers(tmp_path):
 
     import pyarrow.fs
 
-    from study.storage import storage_filesystem
+    from study.store.storage import storage_filesystem
 
     assert storage_filesystem("s3://bucket/studies") is None  # a URI keeps pyarrow's own store
     files = pickle.loads(pickle.dumps(storage_filesystem(str(tmp_path))))
@@ -127,7 +127,7 @@ def test_damaged_state_files_names_the_newest_state_files_cut_short(tmp_path):
     import json
     import pickle
 
-    from study.storage import damaged_state_files
+    from study.store.storage import damaged_state_files
 
     state = pickle.dumps({"trials": list(range(100))})
     text = json.dumps({"trial_data": [[{"id": n}, {}] for n in range(50)]})
@@ -151,7 +151,7 @@ def test_locations_and_files_on_a_real_object_store(object_store, tmp_path):
     and an endpoint with nothing behind it is one reason in seconds."""
     import json
 
-    from study.storage import (
+    from study.store.storage import (
         beside,
         check_writable,
         display,

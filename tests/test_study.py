@@ -349,9 +349,9 @@ def test_a_second_driver_on_the_same_study_is_refused(tmp_path, study_cli, write
 
 
 def test_lock_of_a_killed_driver_is_taken_over(tmp_path):
-    from study.lock import StudyLock, StudyLocked
+    from study.driver.lock import StudyLock, StudyLocked
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from study.lock import StudyLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from study.driver.lock import StudyLock; "
                                f"StudyLock({str(tmp_path / 'lock')!r}).acquire(); print('held', flush=True); "
                                "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -491,7 +491,7 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
     import secrets
     import socket
 
-    from study.object_store import free_ports
+    from study.store.loopback_store import free_ports
 
     [port], token = free_ports(1), secrets.token_hex(32)
     user_home = tmp_path / "user-home"
@@ -525,7 +525,7 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
 
 RETRACING_SCRIPT = """
 import numpy as np
-from study.trainable import quiet_library_logs
+from study.driver.trainable import quiet_library_logs
 quiet_library_logs()
 import keras
 for number in range(8):  # a reused worker builds one model per trial; each traces its own functions
@@ -725,7 +725,7 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
     report = subprocess.run([sys.executable, "study/report.py", study_uri, "--no-details"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0 and "summary.md" in report.stdout, report.stderr[-2000:]
-    from study.storage import exists, join
+    from study.store.storage import exists, join
 
     for checkpoint in trials["checkpoint"]:  # ended trials keep weights only, in the store too
         assert exists(join(checkpoint, "decoder.keras")) and not exists(join(checkpoint, "training_state.npz"))

@@ -1,4 +1,4 @@
-"""The results tables (study/records.py, study/tables.py): statuses, the append-only epoch log, reading them back,
+"""The results tables (study/tables/records.py, study/tables/table_files.py): statuses, the append-only epoch log, reading them back,
 and refusing damaged tables."""
 
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.records import EPOCHS_FILE, TRIALS_FILE, TrialRecord, epoch_row, trial_status
-from study.tables import EpochLog, load_records, load_results, read_table
+from study.tables.records import EPOCHS_FILE, TRIALS_FILE, TrialRecord, epoch_row, trial_status
+from study.tables.table_files import EpochLog, load_records, load_results, read_table
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 

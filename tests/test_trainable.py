@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cvae.runtime import VERBOSE_ENV
+from cvae.environment import VERBOSE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # a real error in another callback.
 SCRIPT = """
 import weakref
-import study.trainable
+import study.driver.trainable
 
 class Thing:
     pass

@@ -1,6 +1,6 @@
-"""study/tuner.py without a study: what it removes from Tune's storage, and how it reads a lost worker's error."""
+"""study/driver/tuner.py without a study: what it removes from Tune's storage."""
 
-from study.tuner import remove_orphan_folders, worker_loss_cause
+from study.driver.tuner import remove_orphan_folders
 
 
 def test_only_folders_of_unknown_trials_are_removed(tmp_path):
@@ -13,9 +13,3 @@ def test_only_folders_of_unknown_trials_are_removed(tmp_path):
     assert removed == [names[2]] and sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:2])
     assert remove_orphan_folders("s3://bucket/study", set()) == []  # remote storage is left alone
 
-
-def test_a_lost_worker_or_node_is_named_from_rays_error_text():
-    """Ray's texts for a dead actor (Ray 2.60): a node that died, or a worker process killed while its node lived."""
-    assert worker_loss_cause("ray.exceptions.ActorDiedError: The actor died because its node has died.") == "node lost"
-    assert worker_loss_cause("The actor died unexpectedly before finishing this task.").startswith("worker killed")
-    assert worker_loss_cause("ValueError: bad config") is None and worker_loss_cause(None) is None

@@ -115,10 +115,11 @@ def label_models(frame: pd.DataFrame) -> pd.Series:
     if not columns:
         return frame["trial_id"].astype(str)
     return frame[columns].apply(
-        lambda row: ", ".join(f"{c[len(PARAM_PREFIX):]}={_short(v)}" for c, v in row.items()), axis=1)
+        lambda row: ", ".join(f"{c[len(PARAM_PREFIX):]}={short_text(v)}" for c, v in row.items()), axis=1)
 
 
-def _short(value) -> str:
+def short_text(value) -> str:
+    """A value as the console and the model labels show it: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

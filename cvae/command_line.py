@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from cvae.runtime import VERBOSE_ENV
 from cvae.datasets import DATASET_INFO
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; every CLI uses it for every refused input
@@ -48,21 +47,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def fail(message: str) -> None:
-    """Print `error: message` on stderr and exit 2 (bad input the user can fix)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_BAD_INPUT)
+def fail(message: str) -> NoReturn:
+    """A command's way out on input the user can fix: `error: message` on stderr and exit 2 (commands only: library
+    code raises, and its command calls `refuse`)."""
+    raise SystemExit(refuse(message))
+
+
+def refuse(error: Exception) -> int:
+    """A command's refusal of input the user can fix: `error: ...` on stderr (one line), and its exit code, 2."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    """--verbose: show the libraries' own start-up lines and warnings (sets CVAE_VERBOSE=1 for this process)."""
+    """--verbose: show the libraries' own start-up lines and warnings (the command passes args.verbose on)."""
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and the other libraries' own start-up lines and warnings")
-
-
-def apply_verbose(args: argparse.Namespace) -> None:
-    if getattr(args, "verbose", False):
-        os.environ[VERBOSE_ENV] = "1"
 
 
 EXIT_CLOSED_PIPE = 141  # the shell's code for a writer whose reader went away (128 + SIGPIPE), as `yes | head` gives

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from study.space import StudySpec
-from study.storage import is_uri, join
+from study.spec.study_file import StudySpec
+from study.store.storage import is_uri, join
 
 if TYPE_CHECKING:  # pandas loads with the tables: a refused command never reads them
     import pandas as pd
@@ -51,9 +51,9 @@ class Study:
         Raises:
             ValueError naming what is wrong (not a study, damaged tables, unreachable store).
         """
-        from study.mirror import local_study
-        from study.records import FLAGS_KEY
-        from study.tables import load_results
+        from study.tables.mirror import local_study
+        from study.tables.records import FLAGS_KEY
+        from study.tables.table_files import load_results
 
         folder = local_study(location)
         trials, epochs, record = load_results(folder)
@@ -82,19 +82,19 @@ class Study:
 
     def best(self, trials: pd.DataFrame | None = None) -> pd.Series:
         """The best trial (selection.BEST_RULE) of `trials` (default: the study's own table)."""
-        from study.selection import best_trial
+        from study.tables.selection import best_trial
 
         return best_trial(self.trials if trials is None else trials, self.spec.metrics, self.spec.modes)
 
     def checkpoint(self, path) -> Path:
         """A trials.csv checkpoint as a local folder: inside the results folder or the study's own storage (a
         remote one fetched once into the local cache); tables.checkpoint_within says what is refused."""
-        from study.tables import checkpoint_within
+        from study.tables.table_files import checkpoint_within
 
         return checkpoint_within(self.folder, path, self.record)
 
     def incomplete(self, space: str | None = None) -> str | None:
         """The `incomplete: …` line of a study that has not run every planned trial to its end, or None."""
-        from study.selection import incomplete_note
+        from study.tables.selection import incomplete_note
 
         return incomplete_note(self.trials, self.record or self.spec.to_dict(), space)

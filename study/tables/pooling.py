@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.records import DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE, label_models
-from study.selection import incomplete_note
-from study.tables import load_details, load_results, replace_atomically, resolve_path
-from study.storage import is_uri
+from study.tables.records import DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE, label_models
+from study.tables.selection import incomplete_note
+from study.tables.table_files import load_details, load_results, replace_atomically, resolve_path
+from study.store.storage import is_uri
 
 # What two studies must share to be one experiment: the design, the objective, the schedule and the classifier
 # that measured them. What may differ: which grid values each ran (a subset of models), its seeds and its name.

@@ -13,13 +13,15 @@ import time
 import ray
 from ray import tune
 
-from cvae.runtime import VERBOSE_ENV, native_stderr_to
+from cvae.environment import VERBOSE_ENV
+from cvae.runtime import native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
-from study.records import ERROR_KEY, STATUS_ERROR
-from study.storage import is_disk_full
+from study.tables.records import ERROR_KEY, STATUS_ERROR
+from study.store.storage import is_disk_full
 
 
+VERBOSE = os.environ.get(VERBOSE_ENV) == "1"  # the driver runs with --verbose (it sets this in Ray's worker environment)
 STARTUP_LOG = "tensorflow_startup.log"  # in the trial's folder under tune/ (its working folder on remote storage)
 
 
@@ -35,7 +37,7 @@ def limit_threads(cpus: float) -> float:
         Seconds spent importing TensorFlow (0 in a reused worker).
     """
     started = time.perf_counter()
-    with native_stderr_to(startup_log()):  # device probing happens here too, not only at import
+    with native_stderr_to(startup_log(), VERBOSE):  # device probing happens here too, not only at import
         import tensorflow as tf
 
         imported = time.perf_counter() - started
@@ -72,7 +74,7 @@ def report_failure(error: Exception, epoch: int) -> None:
                  "epoch": epoch, "status": STATUS_ERROR, ERROR_KEY: message})
 
 
-def quiet_library_logs() -> None:
+def quiet_library_logs(verbose: bool = VERBOSE) -> None:
     """Unless the study runs verbose, keep per-epoch library chatter off the study's console.
 
     Ray Train logs "Checkpoint successfully created" every epoch, Tune "Restored on ... from checkpoint" when a
@@ -80,20 +82,20 @@ def quiet_library_logs() -> None:
     once a reused worker has built its third trial's model (each trial's model traces its own functions once:
     expected, not a slowdown).
     """
-    if os.environ.get(VERBOSE_ENV) != "1":
+    if not verbose:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
         logging.getLogger("ray.tune.trainable").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def quiet_worker_exit() -> None:
+def quiet_worker_exit(verbose: bool = VERBOSE) -> None:
     """Unless the study runs verbose, let a trial's worker be ended without a traceback on the study's console.
 
     Ray ends a worker it no longer needs (the study is over, the driver stopped) by raising SystemExit in it; when
     that lands inside a weakref callback, Python cannot raise it and prints "Exception ignored in: ... SystemExit"
     instead. An exit Ray asked for is not an error; every other unraisable exception is still printed.
     """
-    if os.environ.get(VERBOSE_ENV) == "1":
+    if verbose:
         return
     default = sys.unraisablehook
 

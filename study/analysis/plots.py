@@ -12,10 +12,10 @@ import seaborn as sns
 
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
-from study import selection
-from study.records import MODEL, STARTED_AT, param_column, with_models
-from study.evidence import mean_interval
-from study.space import Parameter
+from study.tables import selection
+from study.tables.records import MODEL, STARTED_AT, param_column, with_models
+from study.analysis.evidence import mean_interval
+from study.spec.study_file import Parameter
 
 MODEL_TABLE_METRICS = ("loss", *(name for name in METRICS if name.startswith("val_")), *SAMPLE_METRICS)
 CURVE_METRICS = ("loss", "val_loss", "fid", "class_accuracy", "thickness_corr", "class_parity", "grey_fraction",
@@ -103,10 +103,12 @@ def plot_model_metrics(trials: pd.DataFrame, metrics=SAMPLE_METRICS) -> plt.Figu
         low, high = clipped_band(stats["mean"], stats["std"].fillna(0), metric)
         axis.errorbar(range(len(order)), stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
                       fmt="o", capsize=4, color="tab:blue", zorder=3)
-        state = np.random.get_state()  # seaborn jitters the dots with numpy's global generator: the same figure twice
-        np.random.seed(0)
-        sns.stripplot(data=frame, x=MODEL, y=metric, order=order, color="0.6", size=3, ax=axis)
-        np.random.set_state(state)
+        # The seeds as dots, jittered by a generator of the figure's own (seaborn's stripplot would draw from numpy's
+        # global one): the same figure every time, and no one else's random stream moved.
+        jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(frame))
+        axis.scatter(frame[MODEL].map({model: i for i, model in enumerate(order)}) + jitter, frame[metric], s=9,
+                     color="0.6", zorder=2)
+        axis.set_xticks(range(len(order)), order)
         axis.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
         axis.set_xlabel("")
         axis.set_ylabel("")
@@ -252,7 +254,7 @@ def parameter_importance(trials: pd.DataFrame, spec: dict) -> pd.Series:
     """Optuna's fANOVA importance of each searched parameter for the first objective (finished trials)."""
     import optuna
 
-    from study.space import StudySpec
+    from study.spec.study_file import StudySpec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # an in-memory study per call: no "study created" lines
     distributions = StudySpec.from_dict(spec).optuna_distributions()
@@ -282,7 +284,7 @@ def _param_value(value, distribution):
 
 def plot_parameter_importance(trials: pd.DataFrame, spec: dict) -> plt.Figure:
     """fANOVA importances, titled with the trials they rest on (and "too little evidence" below MIN_TRIALS)."""
-    from study.claims import MIN_TRIALS
+    from study.analysis.claims import MIN_TRIALS
 
     importance = parameter_importance(trials, spec)
     figure, axis = plt.subplots(figsize=(6, 0.5 * len(importance) + 1.8))

@@ -8,8 +8,8 @@ import time
 from ray import tune
 
 from cvae.metrics import METRICS
-from study.records import ENDED, STATUS_ERROR, TrialRecord, trial_status
-from study.tables import resolve_path
+from study.tables.records import ENDED, STATUS_ERROR, TrialRecord, trial_status
+from study.tables.table_files import resolve_path
 
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, CHECKPOINT_TAG = "cvae.trial_id", "cvae.study", "cvae.status", "cvae.checkpoint"
 EXTRA_METRICS = ("epoch_seconds", "train_seconds", "eval_seconds", "grey_weight")  # logged beside METRICS

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.records import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE
-from study.tables import read_table, replace_atomically
-from study.storage import display, filesystem_of, is_uri, join, list_names, read_bytes, write_bytes
+from study.tables.records import EPOCHS_FILE, SPEC_FILE, TRIALS_FILE
+from study.tables.table_files import read_table, replace_atomically
+from study.store.storage import display, filesystem_of, is_uri, join, list_names, read_bytes, write_bytes
 
 TABLES_DIR = "tables"  # under the study's folder in its storage (beside Tune's own state)
 ROWS_DIR = "epochs"  # one object per epoch reported since the last snapshot: the store's append-only log

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cvae.metrics import CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, REAL_PREFIX
-from study.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX, RETRIES_KEY,
+from study.tables.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX, RETRIES_KEY,
                            SAMPLES_FILE, SPEC_FILE, STARTED_AT, STATUS_INTERRUPTED, STATUS_PRUNED, STATUSES, SUMMARY_FILE,
                            TRIALS_FILE, TrialRecord, epoch_row, trial_params, trial_row)
-from study.storage import display, fetch_folder, is_uri, within
+from study.store.storage import display, fetch_folder, is_uri, within
 
 
 def relative_path(folder: Path, path) -> str | None:

@@ -12,11 +12,12 @@ from typing import Any
 
 import yaml
 
-from cvae.cli import DATA_FLAGS
+from cvae.command_line import DATA_FLAGS
 from cvae.config import MAX_EPOCHS, PRESETS, TrialConfig, preset
 from cvae.metrics import METRICS, TEST_PREFIX, WEIGHT_DEPENDENT
+from study.errors import Refusal
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPACES_DIR = REPO / "search_spaces"
 PRESET_PARAMETER = "preset"  # a grid parameter naming presets; every other parameter is a TrialConfig field
 
@@ -113,7 +114,7 @@ def check_name(name: Any, what: str) -> str:
     return name
 
 
-class SpecError(ValueError):
+class SpecError(Refusal):
     """A mistake in a study file; the message names the file, the key and what is allowed."""
 
 
@@ -237,13 +238,6 @@ class StudySpec:
         parameters = tuple(Parameter.from_dict(p) for p in data.get("parameters", ()))
         tuples = {key: tuple(data[key]) for key in ("metrics", "modes") if key in data}
         return cls(**{**data, "parameters": parameters, **tuples})
-
-
-def open_storage(url: str):
-    """An Optuna RDB storage (sqlite:///..., postgresql://...), created if missing."""
-    import optuna
-
-    return optuna.storages.RDBStorage(url=url)
 
 
 def resolve_path(space: str | Path) -> Path:

@@ -12,9 +12,9 @@ import pandas as pd
 
 from cvae.data import class_name
 from cvae.metrics import METRICS
-from study.records import FINISHED, MODEL, SEED_PARAMETER, STATUS_COMPLETED, STATUS_PRUNED, param_column, with_models
-from study.selection import on_test_split, real_level, split_label
-from study.evidence import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
+from study.tables.records import FINISHED, MODEL, SEED_PARAMETER, STATUS_COMPLETED, STATUS_PRUNED, param_column, with_models
+from study.tables.selection import on_test_split, real_level, split_label
+from study.analysis.evidence import (ALPHA, CONFIDENCE, MAX_SAMPLES, TARGET_POWER, Effect, PairedDifference, RankCorrelation,
                               WelchDifference, holm)
 
 CLAIMS = {

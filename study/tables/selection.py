@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 
 from cvae.metrics import REAL_PREFIX, STATUS_COMPLETED, TEST_METRICS, TEST_PREFIX, VALIDATION_PREFIX
-from study.records import ENDED, STATUS_PRUNED
+from study.tables.records import ENDED, STATUS_PRUNED
 
 
 def planned_trials(spec: dict) -> int:
     """How many trials a study.json's study asks for (StudySpec.planned_trials: counted where the grid is made)."""
-    from study.space import StudySpec
+    from study.spec.study_file import StudySpec
 
     try:
         return StudySpec.from_dict({"path": "", **spec}).planned_trials
@@ -116,7 +116,6 @@ def best_trial(trials: pd.DataFrame, metrics, modes) -> pd.Series:
         candidates = trials[usable & (trials["status"] == STATUS_PRUNED)]
     if candidates.empty:
         raise ValueError("no completed or pruned trial with finite objective values yet")
-    if len(metrics) > 1:
-        candidates = pareto_front(candidates, metrics, modes)
-    order = candidates[metrics[0]].astype(float)
-    return candidates.loc[order.idxmin() if modes[0] == "min" else order.idxmax()]
+    # The best in the first metric, ties broken by the next ones: a member of the Pareto front by construction.
+    ranked = candidates.sort_values(list(metrics), ascending=[mode == "min" for mode in modes], kind="stable")
+    return ranked.iloc[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from cvae.cli import EXIT_BAD_INPUT, exit_with, run_command
+from cvae.command_line import EXIT_BAD_INPUT, exit_with, run_command
 
 # subcommand -> (module whose main(argv, prog) runs it, what it does)
 COMMANDS = {

@@ -3,22 +3,26 @@ when a disk filled, where and how to continue."""
 
 from __future__ import annotations
 
+import enum
 import shutil
 import sys
 from pathlib import Path
 
-from study.preflight import disk_needed_mb
+from study.driver.checks import RunRequest, disk_needed_mb
 
 
-EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C: the study is resumable, not done
+class Outcome(enum.Enum):
+    """How a study run ended; run.py turns each into its exit code."""
+
+    DONE = "done"  # every trial ended and none in error
+    INTERRUPTED = "interrupted"  # stopped (Ctrl-C, SIGTERM) with trials unfinished: resumable
+    TRIAL_ERROR = "trial error"  # done, but a trial ended in `error`
+    DISK_FULL = "disk full"  # a disk filled and the study stopped: --resume continues once space is freed
 
 
-EXIT_DISK_FULL = 1  # an error, not an interruption: the study stopped; --resume continues once space is freed
-
-
-def stop_for_disk(error: Exception, study, args) -> int:
+def stop_for_disk(error: Exception, study, request: RunRequest) -> Outcome:
     """The study stopped because a disk filled: one line saying which folder, how full, and how to continue."""
-    from study.storage import is_uri
+    from study.store.storage import is_uri
 
     spec, results_dir = study.spec, study.folder
     folder = getattr(error, "filename", None) or (results_dir if is_uri(study.storage) else study.storage)
@@ -26,19 +30,19 @@ def stop_for_disk(error: Exception, study, args) -> int:
         free = f"{shutil.disk_usage(folder).free / 1e6:,.0f} MB free"
     except OSError:
         free = "free space unknown"
-    needed = disk_needed_mb(spec, args.keep_checkpoints)
+    needed = disk_needed_mb(spec, request.keep_checkpoints)
     marked = mark_interrupted(results_dir)
     print(f"error: disk full: {folder} ({free}) could not take the study's next write, so it stopped; the tables "
           f"hold every epoch written so far{marked}. Free about {needed:,.0f} MB there, then: python study/run.py "
-          f"--space {args.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
-    return EXIT_DISK_FULL
+          f"--space {request.space} --name {spec.name} --resume", file=sys.stderr, flush=True)
+    return Outcome.DISK_FULL
 
 
 def mark_interrupted(results_dir: Path) -> str:
     """Mark the trials a stopped study left running as interrupted, as Ctrl-C does; returns what the stop line
     adds when that rewrite did not fit either (--resume treats running and interrupted rows alike)."""
-    from study.records import STATUS_PENDING, STATUS_RUNNING, trial_status
-    from study.tables import load_records, write_trials
+    from study.tables.records import STATUS_PENDING, STATUS_RUNNING, trial_status
+    from study.tables.table_files import load_records, write_trials
 
     records = load_records(results_dir)
     for record in records:
@@ -53,9 +57,9 @@ def mark_interrupted(results_dir: Path) -> str:
 def report_disk(study, records) -> None:
     """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
     again); then print what the study's checkpoints take on disk."""
-    from study.records import ENDED, trial_status
-    from study.tables import resolve_path
-    from study.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
+    from study.tables.records import ENDED, trial_status
+    from study.tables.table_files import resolve_path
+    from study.store.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
 
     experiment, results_dir = study.experiment, study.folder
     if not exists(experiment):
@@ -71,9 +75,9 @@ def report_disk(study, records) -> None:
 
 def summarise(study, trials) -> None:
     from cvae.metrics import TEST_PREFIX
-    from study.records import trial_params
-    from study.selection import provisional_note
-    from study.tables import resolve_path
+    from study.tables.records import trial_params
+    from study.tables.selection import provisional_note
+    from study.tables.table_files import resolve_path
 
     spec, results_dir = study.spec, study.folder
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
@@ -101,12 +105,12 @@ def summarise(study, trials) -> None:
           f"  python study/sample.py {results_dir} --out best.png")
 
 
-def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) -> int:
+def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) -> Outcome:
     """The tables written whole (and copied to the storage), the disk line, the trackers closed, the summary."""
-    from study.records import STATUS_ERROR
-    from study.selection import incomplete_note
-    from study.tables import load_records, write_tables
-    from study.tuner import finish_records, remove_orphan_folders
+    from study.tables.records import STATUS_ERROR
+    from study.tables.selection import incomplete_note
+    from study.tables.table_files import load_records, write_tables
+    from study.driver.tuner import finish_records, remove_orphan_folders
 
     records = finish_records(grid, study.spec, load_records(study.folder), study.storage)
     trials, _ = write_tables(study.folder, records)
@@ -126,5 +130,5 @@ def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) ->
     if errors:
         print(f"{errors} trial(s) failed with an error (the `error` column of {study.folder / 'trials.csv'})",
               file=sys.stderr)
-        return 1
-    return EXIT_INTERRUPTED if note else 0
+        return Outcome.TRIAL_ERROR
+    return Outcome.INTERRUPTED if note else Outcome.DONE
