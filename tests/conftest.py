@@ -129,6 +129,7 @@ def pytest_pyfunc_call(pyfuncitem):
     assert shutil.which("unshare") and shutil.which("ip"), "needs util-linux's unshare and iproute2's ip (root)"
     assert "tmp_path" in pyfuncitem.funcargs, "a private_network test takes tmp_path: its inner run's files go there"
     basetemp = pyfuncitem.funcargs["tmp_path"] / "private-network"
+    basetemp.mkdir()
     environment = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     environment.update({PRIVATE_NETWORK_ENV: "1", "CVAE_TEST_CACHE_DIR": os.environ["CVAE_CACHE_DIR"]})
     inner = subprocess.run(
