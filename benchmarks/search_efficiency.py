@@ -28,7 +28,7 @@ TOLERANCE = 0.05
 SPACE = """
     name: {name}
     base: model_4
-    fixed: {{dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5,
+    fixed: {{dataset: mnist-5k, max_train_samples: 600, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5,
             latent_dim: 8, warmup_epochs: 1}}
     parameters:
       grey_weight: {{values: [0.03, 0.1, 0.32, 1.0]}}

@@ -34,7 +34,7 @@ def checkpoint_uploads(scratch: Path, store: str, rounds: int) -> dict:
     from cvae.train import train
     from study.store.storage import filesystem_of, join, storage_filesystem
 
-    config = preset("model_4").replace(dataset="mnist-5k", epochs=1, max_train_samples=300, eval_samples=200,
+    config = preset("model_4").replace(dataset="mnist-5k", epochs=1, max_train_samples=300, eval_samples=256, cas_samples=200, cas_epochs=1,
                                        sweep_latents=2)
     checkpoint = Path(train(config, checkpoint_dir=scratch / "trained")["checkpoint"])
     size = sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file())
@@ -61,7 +61,7 @@ def study_epochs(scratch: Path, store: str, trials: int, epochs: int) -> dict:
     space.write_text(textwrap.dedent(f"""
         name: storage_cost
         base: model_4
-        fixed: {{dataset: mnist-5k, max_train_samples: 1000, eval_samples: 200, sweep_latents: 2}}
+        fixed: {{dataset: mnist-5k, max_train_samples: 1000, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2}}
         parameters:
           grey_weight: {{values: [{values}]}}
         search: {{algorithm: grid, repeats: 1, max_concurrent: 2}}

@@ -12,9 +12,9 @@ import keras
 from cvae.checkpoint import latest_checkpoint, save_checkpoint
 from cvae.data import evaluation_batches
 from cvae.losses import grey_weight_for_epoch
-from cvae.metrics import (CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS, STATUS_COMPLETED,
-                          STATUS_DIVERGED, STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS, VALIDATION_METRICS,
-                          evaluate_decoder)
+from cvae.metrics import (CAS, CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS,
+                          STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS,
+                          VALIDATION_METRICS, evaluate_decoder, generate)
 
 
 class EpochEnd(keras.callbacks.Callback):
@@ -82,8 +82,33 @@ class EpochEnd(keras.callbacks.Callback):
         run = self.run
         terms = self.model.evaluate(evaluation_batches(run.data.test), verbose=0, return_dict=True)
         sample = evaluate_decoder(self.model.decoder, run.test_evaluation(), run.classifier)
+        started = time.perf_counter()
+        cas = self.measure_cas()
         return {TEST_PREFIX + "elbo": float(terms["reconstruction"] + terms["kl"]),
-                **{TEST_PREFIX + name: value for name, value in sample.items()}}
+                **{TEST_PREFIX + name: value for name, value in sample.items()},
+                CAS: cas, "cas_seconds": time.perf_counter() - started}
+
+    def measure_cas(self) -> float:
+        """CAS: a fresh classifier trained on cas_samples images drawn for balanced classes at thickness values of
+        the training split (fixed seeds), scored on the real test split; NaN when cas_samples is 0."""
+        import numpy as np
+
+        from cvae.classifier import classification_accuracy_score
+        from cvae.data import NUM_CLASSES, make_conditions
+
+        config, data = self.run.config, self.run.data
+        if not config.cas_samples:
+            return math.nan
+        rng = np.random.default_rng(config.eval_seed + 2)
+        labels = np.arange(config.cas_samples) % NUM_CLASSES
+        thickness = np.empty(len(labels), np.float32)
+        for label in range(NUM_CLASSES):  # each class at thickness values its real training images have
+            chosen = labels == label
+            thickness[chosen] = rng.choice(data.train.thickness[data.train.labels == label], chosen.sum())
+        latents = rng.standard_normal((config.cas_samples, config.latent_dim)).astype(np.float32)
+        images = generate(self.model.decoder, latents, make_conditions(labels, thickness))
+        return classification_accuracy_score(images, labels, data.test.images, data.test.labels, config.eval_seed,
+                                             config.cas_epochs)
 
     def save(self, epoch: int) -> Path:
         """This epoch's checkpoint; the previous one goes (only the newest is needed to resume)."""

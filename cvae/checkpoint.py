@@ -141,6 +141,14 @@ def restore_checkpoint(model, folder: str | Path) -> tuple[int, list[dict]]:
     return int(state["epoch"]), list(state["history"])
 
 
+RESUME_FILES = (CONFIG_FILE, STATE_FILE, ARRAYS_FILE, STATS_FILE, ENCODER_FILE, DECODER_FILE)
+
+
+def missing_resume_files(folder: str | Path) -> list[str]:
+    """The files a resume needs that a checkpoint folder lacks (none: it can be resumed, if its run had not ended)."""
+    return [name for name in RESUME_FILES if not (Path(folder) / name).is_file()]
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """Newest complete epoch_NNNN checkpoint under a folder, or None."""
     candidates = sorted(Path(folder).glob("epoch_[0-9][0-9][0-9][0-9]"))

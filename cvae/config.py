@@ -14,6 +14,7 @@ CONDITION_MODES = ("global", "per_class")
 OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "linear")
 MAX_EPOCHS = 10_000  # far beyond any study here; bounds a typo's cost
 MAX_EVAL_SAMPLES = 100_000  # generated images held in memory at once for the metrics
+MIN_FID_SAMPLES = 256  # twice the reference classifier's 128 features: fewer leave fid's covariance rank-deficient
 MAX_TRAIN_SAMPLES = 10_000_000
 
 
@@ -51,6 +52,8 @@ class TrialConfig:
     eval_samples: int = 1000  # generated samples for fid / class_accuracy / sharpness / collapse
     sweep_latents: int = 8  # latents per class in the thickness sweep (x 10 classes x 9 thickness values)
     eval_seed: int = 1234  # noise for the generated evaluation samples; shared by all trials
+    cas_samples: int = 5000  # generated images a fresh classifier trains on for CAS at the end (0: CAS not measured)
+    cas_epochs: int = 3  # that classifier's epochs: ~15k presentations, about 10 s on 2 CPU cores
 
     def __post_init__(self) -> None:
         errors = _validate(self)
@@ -143,8 +146,12 @@ def _validate(config: TrialConfig) -> list[str]:
     check(0 <= config.grey_weight <= 1e6, f"grey_weight={config.grey_weight} must be in [0, 1e6]")
     check(0 <= config.grey_threshold < 0.25, f"grey_threshold={config.grey_threshold} must be in [0, 0.25) (y(1-y) <= 0.25)")
     check(0 <= config.warmup_epochs <= MAX_EPOCHS, f"warmup_epochs={config.warmup_epochs} must be in [0, {MAX_EPOCHS}]")
-    check(10 <= config.eval_samples <= MAX_EVAL_SAMPLES,
-          f"eval_samples={config.eval_samples} must be in [10, {MAX_EVAL_SAMPLES}]")
+    check(MIN_FID_SAMPLES <= config.eval_samples <= MAX_EVAL_SAMPLES,
+          f"eval_samples={config.eval_samples} must be in [{MIN_FID_SAMPLES}, {MAX_EVAL_SAMPLES}] (fid needs at least "
+          f"twice the classifier's {MIN_FID_SAMPLES // 2} features)")
+    check(config.cas_samples == 0 or 100 <= config.cas_samples <= MAX_EVAL_SAMPLES,
+          f"cas_samples={config.cas_samples} must be 0 (no CAS) or in [100, {MAX_EVAL_SAMPLES}]")
+    check(1 <= config.cas_epochs <= 100, f"cas_epochs={config.cas_epochs} must be in [1, 100]")
     check(1 <= config.sweep_latents <= 1000, f"sweep_latents={config.sweep_latents} must be in [1, 1000]")
     check(0 <= config.eval_seed < 2**32, f"eval_seed={config.eval_seed} must be in [0, 2**32)")
     check(len(config.data_path) <= 4096 and "\0" not in config.data_path, "data_path must be a path of at most 4096 characters")

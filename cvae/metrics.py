@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cvae.data import NUM_CLASSES, Split, ThicknessStats, make_conditions, stratified_subset, thickness_of, white_ratio
+from cvae.config import MIN_FID_SAMPLES
+from cvae.data import (NUM_CLASSES, Split, ThicknessStats, make_conditions, split_indices, stratified_subset,
+                       thickness_of, white_ratio)
 
 
 @dataclass(frozen=True)
@@ -17,31 +19,57 @@ class Metric:
     description: str
     low: float = 0.0  # the values the metric can take; figures clip error bars to them
     high: float = float("inf")
+    smallest_effect: float = float("nan")  # δ: a difference smaller than this is no difference to a reader (verdicts)
+    why: str = ""  # why δ is that size
 
 
 _METRICS = [
-    Metric("loss", "min", "training loss (reconstruction + KL + weighted grey + L2), epoch mean"),  # >= 0
-    Metric("reconstruction", "min", "training sum of squared pixel errors per image"),
-    Metric("kl", "min", "training KL divergence per image"),
-    Metric("grey", "min", "training grey term per image (before weighting)"),
-    Metric("val_loss", "min", "held-out loss with this epoch's grey weight and the L2 penalty"),
-    Metric("val_reconstruction", "min", "held-out sum of squared pixel errors per image"),
-    Metric("val_kl", "min", "held-out KL divergence per image"),
-    Metric("val_grey", "min", "held-out grey term per image"),
-    Metric("val_elbo", "min", "held-out reconstruction + KL per image: the negative ELBO, comparable across trials"),
-    Metric("class_accuracy", "max", "share of generated samples classified as the requested class", 0, 1),
-    Metric("fid", "min", "Frechet distance of classifier features, generated vs real held-out"),
-    Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)", -1, 1),
-    Metric("thickness_mae", "min", "mean abs. error of requested vs measured thickness (sweep)", 0, 2),
-    Metric("class_parity", "min", "mean abs. difference of per-class relative stroke width, generated vs real"),
+    Metric("loss", "min", "training loss (reconstruction + KL + weighted grey + L2), epoch mean",
+           smallest_effect=1.0, why="about 3 % of a trained model's loss (25-30 per image)"),  # >= 0
+    Metric("reconstruction", "min", "training sum of squared pixel errors per image",
+           smallest_effect=1.0, why="about 3 % of a trained model's squared error per image (20-30)"),
+    Metric("kl", "min", "training KL divergence per image",
+           smallest_effect=1.0, why='one nat per image'),
+    Metric("grey", "min", "training grey term per image (before weighting)",
+           smallest_effect=1.0, why='one unit of the grey term per image'),
+    Metric("val_loss", "min", "held-out loss with this epoch's grey weight and the L2 penalty",
+           smallest_effect=1.0, why="about 3 % of a trained model's loss (25-30 per image)"),
+    Metric("val_reconstruction", "min", "held-out sum of squared pixel errors per image",
+           smallest_effect=1.0, why="about 3 % of a trained model's squared error per image (20-30)"),
+    Metric("val_kl", "min", "held-out KL divergence per image",
+           smallest_effect=1.0, why='one nat per image'),
+    Metric("val_grey", "min", "held-out grey term per image",
+           smallest_effect=1.0, why='one unit of the grey term per image'),
+    Metric("val_elbo", "min", "held-out reconstruction + KL per image: the negative ELBO, comparable across trials",
+           smallest_effect=1.0, why="about 3 % of a trained model's negative ELBO (25-30 per image)"),
+    Metric("class_accuracy", "max", "share of generated samples classified as the requested class", 0, 1,
+           smallest_effect=0.02, why='2 points: one sample in 50 more or less drawn as the wrong class'),
+    Metric("fid", "min", "Frechet distance of classifier features, generated vs real held-out",
+           smallest_effect=5.0, why="below FID's small-sample bias at 500 samples (~6) and one model's seed spread (1-6)"),
+    Metric("kid", "min", "kernel distance (unbiased MMD², cubic kernel) of classifier features, generated vs real",
+           -float("inf"), smallest_effect=0.5, why="two real splits of digits differ by |kid| 0.25 (N 500) to 0.5 (N "
+           "256); 4-epoch models score 7-11"),
+    Metric("thickness_corr", "max", "Spearman correlation of requested vs measured thickness (sweep)", -1, 1,
+           smallest_effect=0.05, why='a correlation of 0.95 vs 0.90: both follow the condition'),
+    Metric("thickness_mae", "min", "mean abs. error of requested vs measured thickness (sweep)", 0, 2,
+           smallest_effect=0.05, why='2.5 % of the thickness range [-1, 1]'),
+    Metric("class_parity", "min", "mean abs. difference of per-class relative stroke width, generated vs real",
+           smallest_effect=0.02, why="2 % of a stroke's relative width: less than a grid of digits shows"),
     # Not an objective on its own: real digits are about half grey, so minimising it overshoots reality.
-    Metric("grey_fraction", "min", "share of ink pixels (>0.1) that are grey (0.1-0.9); compare with real data's", 0, 1),
-    Metric("grey_gap", "min", "|grey_fraction - the real held-out images' grey_fraction|: as sharp as real data", 0, 1),
-    Metric("ink_w1", "min", "Wasserstein-1 distance of ink intensities, generated vs real"),
-    Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02", 0, 1),
+    Metric("grey_fraction", "min", "share of ink pixels (>0.1) that are grey (0.1-0.9); compare with real data's", 0, 1,
+           smallest_effect=0.05, why='5 points of the ink share (real digits are about half grey)'),
+    Metric("grey_gap", "min", "|grey_fraction - the real held-out images' grey_fraction|: as sharp as real data", 0, 1,
+           smallest_effect=0.05, why='5 points of the ink share (real digits are about half grey)'),
+    Metric("ink_w1", "min", "Wasserstein-1 distance of ink intensities, generated vs real",
+           smallest_effect=0.02, why='2 % of the intensity range: an ink shade no eye tells apart'),
+    Metric("collapse_rate", "min", "share of samples with max pixel < 0.5 or white ratio < 0.02", 0, 1,
+           smallest_effect=0.05, why='one blank sample in 20'),
 ]
 TRAIN_METRICS = ("loss", "reconstruction", "kl", "grey")
 VALIDATION_PREFIX, TEST_PREFIX = "val_", "test_"
+# Classification accuracy score (Ravuri & Vinyals 2019): a classifier trained on the model's class-conditioned samples,
+# tested on the real test split, once per finished run. Not a per-epoch metric: it trains a network.
+CAS = TEST_PREFIX + "cas"
 VALIDATION_METRICS = tuple(VALIDATION_PREFIX + name for name in TRAIN_METRICS)
 ELBO = "val_elbo"
 SAMPLE_METRICS = tuple(metric.name for metric in _METRICS
@@ -49,9 +77,13 @@ SAMPLE_METRICS = tuple(metric.name for metric in _METRICS
 # Once per finished run, on the test split: the validation metrics that do not depend on the run's own loss weights.
 TEST_METRICS = tuple(TEST_PREFIX + name for name in (*SAMPLE_METRICS, "elbo"))
 _TEST = [Metric(TEST_PREFIX + metric.name.removeprefix(VALIDATION_PREFIX), metric.mode,
-                f"{metric.description} (test split, once at the end)", metric.low, metric.high)
+                f"{metric.description} (test split, once at the end)", metric.low, metric.high, metric.smallest_effect,
+                metric.why)
          for metric in _METRICS if metric.name in (*SAMPLE_METRICS, ELBO)]
 METRICS: dict[str, Metric] = {metric.name: metric for metric in _METRICS + _TEST}
+METRICS[CAS] = Metric(CAS, "max", "accuracy on the real test split of a classifier trained on the model's class-"
+                      "conditioned samples (test split, once at the end)", 0, 1, smallest_effect=0.02,
+                      why="2 points, as class_accuracy: one test image in 50")
 # Not objectives: they add the run's own grey weight and L2 penalty, so two runs' values measure different things.
 WEIGHT_DEPENDENT = ("loss", "val_loss")
 CLASSIFIER_ACCURACY = "classifier_accuracy"  # the reference classifier's test accuracy, reported with every epoch
@@ -65,6 +97,9 @@ REAL_TARGET_METRICS = ("grey_fraction",)
 # What else an epoch's report carries by name: its status and, when checkpointing, the checkpoint folder.
 STATUS_RUNNING, STATUS_COMPLETED, STATUS_DIVERGED = "running", "completed", "diverged"
 CHECKPOINT_KEY = "checkpoint"
+# How many generated and real samples fid and kid compared (the split may hold fewer than eval_samples). FID's bias
+# shrinks with N (~6 at 500, ~3 at 1000 for two sets from one distribution), so fids compare only at equal N.
+FID_SAMPLES = "fid_samples"
 
 INK_LEVEL = 0.1
 WHITE_LEVEL = 0.9
@@ -112,19 +147,38 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     cov_a = np.cov(features_a, rowvar=False)
     cov_b = np.cov(features_b, rowvar=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # rank-deficient with N < 128; handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # a near-singular product: regularised below
         root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():  # near-singular product: regularise, as common FID code does
         offset = np.eye(len(cov_a)) * 1e-6
         root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    # The square root of a product of two covariances is real up to round-off; a large imaginary part means the
+    # estimate is broken (too few samples for the features), not something to drop.
+    imaginary = float(np.abs(np.imag(np.diagonal(root))).max())
+    if imaginary > 1e-3 * max(1.0, float(np.abs(np.real(np.diagonal(root))).max())):
+        raise ValueError(f"FID: the covariance product's square root has an imaginary part of {imaginary:.3g}")
     return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
+def kernel_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Kernel inception distance: the unbiased estimate of MMD² with the cubic kernel (x·y / d + 1)³ (Bińkowski et
+    al. 2018). Unlike FID it has no small-sample bias, so its expected value does not depend on N."""
+    dimension = features_a.shape[1]
+    a, b = features_a.astype(np.float64), features_b.astype(np.float64)
+    kernel_aa, kernel_bb = (a @ a.T / dimension + 1) ** 3, (b @ b.T / dimension + 1) ** 3
+    kernel_ab = (a @ b.T / dimension + 1) ** 3
+    m, n = len(a), len(b)
+    within_a = (kernel_aa.sum() - np.trace(kernel_aa)) / (m * (m - 1))
+    within_b = (kernel_bb.sum() - np.trace(kernel_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * kernel_ab.mean())
+
+
 def grey_fraction(images: np.ndarray) -> float:
-    """Share of ink pixels (> 0.1) that are grey (< 0.9); 0 when there is no ink at all."""
+    """Share of ink pixels (> 0.1) that are grey (< 0.9); NaN when there is no ink at all (a blank image is not
+    "perfectly sharp": it has no stroke to be sharp)."""
     ink = images > INK_LEVEL
     grey = ink & (images < WHITE_LEVEL)
-    return float(grey.sum() / max(ink.sum(), 1))
+    return float(grey.sum() / ink.sum()) if ink.any() else float("nan")
 
 
 def ink_w1(images: np.ndarray, real_images: np.ndarray) -> float:
@@ -163,9 +217,10 @@ def class_parity(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, rea
 
 
 def thickness_agreement(requested: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """(Spearman correlation, mean abs. error); correlation 0 when the measurement is constant."""
+    """(Spearman correlation, mean abs. error); the correlation is NaN when either side is constant (undefined: a
+    model that draws the same stroke whatever it is asked has no rank order to agree with)."""
     if np.ptp(measured) == 0 or np.ptp(requested) == 0:
-        correlation = 0.0
+        correlation = float("nan")
     else:
         from scipy import stats
 
@@ -205,6 +260,9 @@ def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, late
     `classifier` may be None where only the thickness sweep is needed (no fid, no class accuracy).
     """
     chosen = stratified_subset(held_out.labels, eval_samples, seed=eval_seed)
+    if classifier is not None and len(chosen) < MIN_FID_SAMPLES:
+        raise ValueError(f"fid and kid would compare {len(chosen)} samples (the split holds {len(held_out.labels)}); "
+                         f"they need at least {MIN_FID_SAMPLES}: raise validation_fraction / test_fraction")
     labels = held_out.labels[chosen]
     real_images = held_out.images[chosen]
     rng = np.random.default_rng(eval_seed)
@@ -231,6 +289,16 @@ def make_evaluation_set(held_out: Split, stats: ThicknessStats, classifier, late
     )
 
 
+def fid_sample_problem(labels: np.ndarray, config) -> str | None:
+    """Why a dataset with these labels cannot give fid its MIN_FID_SAMPLES under `config`'s splits, or None; the N
+    that fid will compare is min(eval_samples, the validation split, the test split)."""
+    _, validation, test = split_indices(labels, config.validation_fraction, config.test_fraction)
+    if min(len(validation), len(test)) >= MIN_FID_SAMPLES:
+        return None
+    return (f"the validation and test splits hold {len(validation)} and {len(test)} images; fid and kid need at least "
+            f"{MIN_FID_SAMPLES} each: raise validation_fraction / test_fraction, or use more data")
+
+
 def evaluation_set_for(config, split: Split, stats: ThicknessStats, classifier) -> EvaluationSet:
     """make_evaluation_set with a TrialConfig's sizes and seed (the same latents on any split)."""
     return make_evaluation_set(split, stats, classifier, config.latent_dim, config.eval_samples, config.sweep_latents,
@@ -251,12 +319,15 @@ def generate(decoder, latents: np.ndarray, conditions: np.ndarray, batch_size: i
 
 
 def image_metrics(images: np.ndarray, labels: np.ndarray, evaluation: EvaluationSet, classifier) -> dict[str, float]:
-    """class_accuracy, fid, grey_fraction, grey_gap, ink_w1, collapse_rate for images drawn for `labels`."""
+    """class_accuracy, fid, kid (and the N they compared), grey_fraction, grey_gap, ink_w1, collapse_rate for images
+    drawn for `labels`."""
     features, predicted = classifier.predict(images)
     grey = grey_fraction(images)
     return {
         "class_accuracy": class_accuracy(predicted, labels),
         "fid": frechet_distance(features, evaluation.real_features),
+        "kid": kernel_distance(features, evaluation.real_features),
+        FID_SAMPLES: len(images),
         "grey_fraction": grey,
         "grey_gap": abs(grey - grey_fraction(evaluation.real_images)),
         "ink_w1": ink_w1(images, evaluation.real_images),

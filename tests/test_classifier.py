@@ -76,3 +76,21 @@ def test_a_shipped_classifier_loads_on_a_node_without_a_cache_and_its_sha_is_che
     np.testing.assert_array_equal(received.predict(images)[0], original.predict(images)[0])
     with pytest.raises(ValueError, match="does not match its SHA-256"):
         classifier_from_file(dataclasses.replace(shipped, sha256="0" * 64))
+
+
+@pytest.mark.slow
+def test_cas_scores_real_training_images_high_and_unrelated_labels_at_chance(embedded_digits):
+    """CAS trains the reference architecture on the images it is given and scores the real test split: real digits
+    must score like a classifier, the same digits under shuffled labels like chance."""
+    import numpy as np
+
+    from cvae.classifier import classification_accuracy_score
+
+    images, labels = embedded_digits
+    order = np.random.default_rng(0).permutation(len(labels))  # the sample is sorted by class
+    images, labels = images[order].astype(np.float32) / 255.0, labels[order]
+    train, test = slice(0, 2000), slice(4000, 5000)
+    real = classification_accuracy_score(images[train], labels[train], images[test], labels[test], seed=0, epochs=2)
+    shuffled = np.random.default_rng(0).permutation(labels[train])
+    chance = classification_accuracy_score(images[train], shuffled, images[test], labels[test], seed=0, epochs=2)
+    assert real > 0.85 and chance < 0.3, (real, chance)

@@ -28,6 +28,7 @@ def test_collapse_rate_and_sharpness_extremes(halves):
     assert metrics.collapse_rate(real) == 0.0
     assert 0.3 < metrics.grey_fraction(real) < 0.7  # docs/design.md: about half of real ink pixels are grey
     assert metrics.grey_fraction((real > 0.5).astype(np.float32)) == 0.0
+    assert np.isnan(metrics.grey_fraction(np.zeros_like(real)))  # no ink: undefined, never "perfectly sharp"
     assert metrics.ink_w1(real, real) == 0.0 and metrics.ink_w1(blank, real) == 1.0
 
 
@@ -64,7 +65,7 @@ def test_thickness_agreement():
     requested = np.linspace(-1, 1, 20)
     assert metrics.thickness_agreement(requested, requested) == (1.0, 0.0)
     correlation, error = metrics.thickness_agreement(requested, np.zeros(20))
-    assert correlation == 0.0 and error == pytest.approx(np.abs(requested).mean())
+    assert np.isnan(correlation) and error == pytest.approx(np.abs(requested).mean())  # constant: no rank order
 
 
 def test_metric_names_are_defined_once_with_directions():

@@ -253,7 +253,12 @@ def test_pooling_studies_of_another_design_is_refused(studies, seed_studies, tmp
     spec = json.loads((other / "study.json").read_text())
     spec["fixed"]["max_train_samples"] = 500  # trained on other digits: not the same experiment
     (other / "study.json").write_text(json.dumps(spec))
-    for extra, message in ((other, "fixed is"), (grey, "cannot pool tiny_grey"), (models, "different folder names")):
+    other_size = shutil.copytree(more, tmp_path / "other_size")
+    table = pd.read_csv(other_size / "trials.csv")
+    assert (table["fid_samples"] == 256).all()  # recorded by every trial
+    table["fid_samples"] = 300  # fid measured on another N: its bias differs, so the fids do not pool
+    table.to_csv(other_size / "trials.csv", index=False)
+    for extra, message in ((other, "fixed is"), (other_size, "fid compared different numbers of samples"), (grey, "cannot pool tiny_grey"), (models, "different folder names")):
         result = report(models, "--pool", extra, "--out", tmp_path / "pooled", "--no-details")
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -272,7 +277,7 @@ def test_every_command_is_quiet(studies, tmp_path, noise_in):
     runs = [["study/best.py", grey], ["study/sample.py", grey, "--out", tmp_path / "best.png"],
             ["study/report.py", grey, "--refresh-details"],
             ["-m", "cvae.train", "--dataset", "mnist-5k", "--max-train-samples", "300", "--epochs", "1", "--quiet",
-             "--set", "eval_samples=200", "--set", "sweep_latents=2", "--set", "width=0.5", "--set", "latent_dim=8",
+             "--set", "eval_samples=256", "--set", "cas_samples=200", "--set", "cas_epochs=1", "--set", "sweep_latents=2", "--set", "width=0.5", "--set", "latent_dim=8",
              "--out", tmp_path / "run"]]
     for command in helps + runs:
         result = subprocess.run([sys.executable, *map(str, command)], cwd=REPO, capture_output=True, text=True,

@@ -157,7 +157,7 @@ def test_interrupt_and_kill_then_resume(tmp_path, study_cli, write_space, noise_
     space = write_space(tmp_path, "resumable", """
         name: resumable
         base: model_4
-        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
           grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
         search: {algorithm: optuna, sampler: random, seed: 1, num_samples: 3, max_concurrent: 2}
@@ -244,7 +244,7 @@ def test_asha_prunes_trials_and_the_study_finishes(tmp_path, write_space):
     space = write_space(tmp_path, "pruned", """
         name: pruned
         base: model_4
-        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 200, sweep_latents: 2, width: 0.5}
+        fixed: {dataset: mnist-5k, max_train_samples: 600, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5}
         parameters:
           grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
           latent_dim: {distribution: int, low: 2, high: 40}
@@ -278,7 +278,7 @@ def test_two_node_cluster_survives_losing_a_worker(tmp_path, write_space):
     space = write_space(tmp_path, "cluster", """
         name: cluster
         base: model_4
-        fixed: {dataset: mnist-5k, max_train_samples: 2000, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        fixed: {dataset: mnist-5k, max_train_samples: 2000, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
           grey_weight: {values: [0.1, 0.5]}
         search: {algorithm: grid, repeats: 1, max_concurrent: 2}
@@ -377,13 +377,6 @@ def write_idx(folder, images, labels):
             bytes([0, 0, 8, 1]) + struct.pack(">I", len(y)) + y.astype(np.uint8).tobytes())
 
 
-@pytest.fixture(scope="module")
-def embedded_digits():
-    from cvae.data import read_embedded
-
-    return read_embedded()
-
-
 @pytest.mark.parametrize("case, message", [
     ("empty", "lacks train-images-idx3-ubyte"),
     ("mismatched", "holds (5000, 28, 28) but train-labels-idx1-ubyte holds (4000,) labels"),
@@ -429,7 +422,7 @@ def test_a_failing_trial_ends_as_error_with_its_cause_and_is_not_retried(tmp_pat
     space = write_space(tmp_path, "smoke", """
         name: smoke
         base: model_4
-        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
           data_path: {values: [no_such_digits]}
         search: {algorithm: grid, repeats: 1, max_concurrent: 1}
@@ -456,14 +449,14 @@ def test_an_unusable_classifier_cache_is_refused_before_ray_starts(tmp_path, stu
 
 def test_a_weak_classifier_stops_the_study_unless_the_file_allows_it(tmp_path, embedded_digits, write_space):
     images, labels = embedded_digits
-    images, labels = images[::5], np.random.default_rng(0).permutation(labels[::5])  # 1,000 digits, wrong labels
-    np.savez(tmp_path / "mislabelled.npz", x_train=images[:900], y_train=labels[:900], x_test=images[900:],
-             y_test=labels[900:])
+    images, labels = images[::2], np.random.default_rng(0).permutation(labels[::2])  # 2,500 digits, wrong labels
+    np.savez(tmp_path / "mislabelled.npz", x_train=images[:2250], y_train=labels[:2250], x_test=images[2250:],
+             y_test=labels[2250:])
     body = """
         name: weak
         base: model_4
-        fixed: {dataset: mnist, data_path: mislabelled.npz, max_train_samples: 200, eval_samples: 100,
-                sweep_latents: 1, width: 0.25, latent_dim: 4}
+        fixed: {dataset: mnist, data_path: mislabelled.npz, max_train_samples: 200, eval_samples: 256, cas_samples: 200,
+                cas_epochs: 1, validation_fraction: 0.15, test_fraction: 0.15, sweep_latents: 1, width: 0.25, latent_dim: 4}
         parameters:
           grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
         search: {algorithm: optuna, num_samples: 1, max_concurrent: 1}
@@ -789,7 +782,7 @@ def test_a_worker_node_that_shares_no_disk_with_the_driver_runs_the_study(tmp_pa
     space = write_space(tmp_path, "private", """
         name: private
         base: model_4
-        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 200, sweep_latents: 2, width: 0.5, latent_dim: 8}
+        fixed: {dataset: mnist, max_train_samples: 300, eval_samples: 256, cas_samples: 200, cas_epochs: 1, sweep_latents: 2, width: 0.5, latent_dim: 8}
         parameters:
           grey_weight: {values: [0.1, 0.3]}
         search: {algorithm: grid, repeats: 1, max_concurrent: 2}

@@ -43,3 +43,40 @@ def test_a_worker_ended_by_ray_leaves_no_traceback_unless_verbose(verbose):
     assert result.returncode == 0 and result.stdout == "still running\n", result.stderr[-2000:]
     assert "ValueError: a real error" in result.stderr  # other unraisable errors are still shown
     assert ("SystemExit" in result.stderr) == verbose, result.stderr[-2000:]
+
+
+def _checkpoint_folder(folder: Path, *, whole: bool) -> Path:
+    from cvae.checkpoint import ARRAYS_FILE, RESUME_FILES
+
+    folder.mkdir(parents=True)
+    for name in RESUME_FILES:
+        if whole or name != ARRAYS_FILE:
+            (folder / name).write_text(name)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["half deleted", "gone"])
+def test_a_resume_pointing_at_a_checkpoint_tune_was_deleting_continues_from_the_newer_whole_one(tmp_path, damage):
+    """A driver killed after Tune deleted a trial's old checkpoint but before it saved the state naming the new one
+    (CI: FileNotFoundError for training_state.npz in the restored copy)."""
+    import pyarrow.fs
+    from ray import tune
+
+    from study.driver.trainable import download_whole_checkpoint
+    from study.store.storage import storage_filesystem
+
+    trial = tmp_path / "tune" / "trial"
+    old = trial / "checkpoint_000002"
+    if damage == "half deleted":
+        _checkpoint_folder(old, whole=False)
+    _checkpoint_folder(trial / "checkpoint_000001", whole=False)
+    newer = _checkpoint_folder(trial / "checkpoint_000003", whole=True)
+    (newer / "training_state.npz").write_text("the newer one")
+    filesystem = storage_filesystem(str(tmp_path / "tune"))  # what Tune reads a local study's storage through
+    folder = download_whole_checkpoint(tune.Checkpoint(str(old), filesystem), str(tmp_path / "scratch" / "restored"))
+    assert (Path(folder) / "training_state.npz").read_text() == "the newer one"
+    assert tmp_path / "scratch" in Path(folder).parents  # a private copy, not Tune's shared temporary folder
+
+    whole = download_whole_checkpoint(tune.Checkpoint(str(newer), pyarrow.fs.LocalFileSystem()),
+                                      str(tmp_path / "again" / "restored"))
+    assert whole == str(tmp_path / "again" / "restored") and Path(whole, "training_state.npz").is_file()

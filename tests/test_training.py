@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvae.metrics import METRICS, TEST_METRICS, TEST_PREFIX
+from cvae.metrics import CAS, METRICS, TEST_METRICS, TEST_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
@@ -30,6 +30,8 @@ def test_every_epoch_reports_every_metric(tiny_run, tiny_config):
     # the test split is measured once, after the last epoch
     assert all(math.isnan(reports[0][name]) for name in TEST_METRICS)
     assert reports[-1]["test_fid"] > 0 and 0 <= reports[-1]["test_class_accuracy"] <= 1
+    assert reports[-1]["fid_samples"] == reports[-1]["test_fid_samples"] == 256  # the N fid compared, recorded
+    assert 0 <= reports[-1][CAS] <= 1 and reports[-1]["cas_seconds"] > 0  # a classifier trained on its samples
     assert result["status"] == "completed" and result["epochs_run"] == 2
     assert reports[-1]["status"] == "completed" and reports[0]["status"] == "running"
     assert 0 <= reports[-1]["class_accuracy"] <= 1 and reports[-1]["fid"] > 0
@@ -101,7 +103,7 @@ def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
 def test_train_cli_writes_run_folder_and_resumes(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "cvae.train", "--preset", "model_4", "--dataset", "mnist-5k",
-               "--max-train-samples", "200", "--set", "eval_samples=100", "--set", "sweep_latents=1",
+               "--max-train-samples", "200", "--set", "eval_samples=256", "--set", "cas_samples=200", "--set", "cas_epochs=1", "--set", "sweep_latents=1",
                "--set", "width=0.25", "--set", "latent_dim=4", "--out", str(out), "--quiet"]
     first = subprocess.run(command + ["--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -140,11 +142,12 @@ from cvae.train import train
 
 images, labels = read_embedded()
 # a small user dataset: its classifier trains in seconds, in this process, when the cache is cold
-images, labels = images[::5], labels[::5]  # 1,000 digits, every class
-np.savez(sys.argv[1], x_train=images[:900], y_train=labels[:900], x_test=images[900:], y_test=labels[900:])
+images, labels = images[::3], labels[::3]  # 1,667 digits, every class: splits of 333, enough for fid's 256
+np.savez(sys.argv[1], x_train=images[:1500], y_train=labels[:1500], x_test=images[1500:], y_test=labels[1500:])
 config = TrialConfig(dataset="mnist", data_path=sys.argv[1], max_train_samples=300, epochs=2, warmup_epochs=1,
-                     eval_samples=100, sweep_latents=1, latent_dim=8, width=0.5, seed=3)
-keys = ("loss", "reconstruction", "val_elbo", "fid", "class_accuracy", "thickness_mae", "grey_fraction")
+                     validation_fraction=0.2, test_fraction=0.2, eval_samples=256, cas_samples=200, cas_epochs=1,
+                     sweep_latents=1, latent_dim=8, width=0.5, seed=3)
+keys = ("loss", "reconstruction", "val_elbo", "fid", "kid", "class_accuracy", "thickness_mae", "grey_fraction")
 
 def run(cfg, **kwargs):
     reports = []
@@ -193,13 +196,13 @@ def test_fashion_mnist_path_on_a_few_hundred_real_images(tmp_path):
 
     fashion = load_dataset(FASHION_MNIST)  # the real 70,000 IDX images, found where Debian puts them
     assert fashion.images.shape == (70000, 28, 28) and fashion.source == "system:fashion-mnist"
-    chosen = np.concatenate([np.flatnonzero(fashion.labels == label)[:80] for label in range(10)])
+    chosen = np.concatenate([np.flatnonzero(fashion.labels == label)[:160] for label in range(10)])
     np.savez(tmp_path / "garments.npz", x_train=fashion.images[chosen[::2]], y_train=fashion.labels[chosen[::2]],
              x_test=fashion.images[chosen[1::2]], y_test=fashion.labels[chosen[1::2]])
-    config = TrialConfig(dataset=FASHION_MNIST, data_path=str(tmp_path / "garments.npz"), epochs=1, eval_samples=100,
-                         sweep_latents=1, latent_dim=8, width=0.5)
+    config = TrialConfig(dataset=FASHION_MNIST, data_path=str(tmp_path / "garments.npz"), epochs=1, eval_samples=256,
+                         validation_fraction=0.2, test_fraction=0.2, cas_samples=200, cas_epochs=1, sweep_latents=1, latent_dim=8, width=0.5)
     reports = []
-    with pytest.warns(UserWarning, match="below the 90%"):  # 640 garments cannot train a classifier worth the bar
+    with pytest.warns(UserWarning, match="below the 90%"):  # 960 garments cannot train a classifier worth the bar
         result = train(config, report=reports.append)
     assert result["status"] == "completed" and reports[0]["dataset_source"] == "user:garments.npz"
     assert all(math.isfinite(reports[0][name]) for name in ("fid", "ink_w1", "grey_fraction", "test_fid"))

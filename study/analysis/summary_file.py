@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import TEST_PREFIX
+from cvae.metrics import FID_SAMPLES, TEST_PREFIX
+from study.tables.pooling import POOLED_KEY
 from study.analysis.figures import completed_front, front_examples, is_grid, varies_presets
 from study.tables.studies import objective_text
 from study.tables.records import FIGURES_DIR, FINISHED, PARAM_PREFIX, SUMMARY_FILE, trial_params
@@ -47,8 +48,21 @@ def verdicts_for(trials, epochs, details, spec):
     from study.analysis.claims import judge_models, judge_search
 
     if varies_presets(trials):
-        return judge_models(trials, details)
-    return judge_search(trials, epochs, details)
+        return judge_models(trials, details, spec.get(POOLED_KEY))
+    return judge_search(trials, epochs, details, fixed_settings(spec))
+
+
+def fixed_settings(spec: dict) -> dict:
+    """The TrialConfig a study's trials share where they were not searched: its base preset with its fixed: settings
+    (empty when the record names neither, or names a preset this version does not know)."""
+    from cvae.config import PRESETS, preset
+
+    if spec.get("base") not in PRESETS:
+        return {}
+    try:
+        return preset(spec["base"]).replace(**(spec.get("fixed") or {})).to_dict()
+    except (ValueError, TypeError):
+        return {}
 
 
 def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> str:
@@ -64,7 +78,8 @@ def write_summary(folder: Path, trials, epochs, details, spec, figure_names) -> 
              f"- trial time: {trials['wall_time_s'].sum() / 60:.1f} min summed over trials",
              "- reference classifier: " + (f"{spec['classifier_accuracy']:.1%} test accuracy (needs "
                                            f"{spec['classifier_required']:.0%})" if "classifier_accuracy" in spec
-                                           else "accuracy not recorded (a study made before it was)"), ""]
+                                           else "accuracy not recorded (a study made before it was)"),
+             "- fid and kid compared " + fid_samples_text(trials), ""]
     if is_grid(spec):
         table = model_table(on_test_split(trials))
         lines += [f"## Models: final metrics on the {split_label(trials)} split, mean [95 % t interval] over seeds", "",
@@ -114,19 +129,44 @@ def best_trial_section(trials, finished, spec) -> list[str]:
     return lines
 
 
+def fid_samples_text(trials: pd.DataFrame) -> str:
+    """How many generated and real samples fid and kid compared, per split: FID's bias depends on N, so two studies'
+    fids compare only at equal N (pooling refuses otherwise)."""
+    sizes = [f"{split} {', '.join(str(int(n)) for n in sorted(trials[column].dropna().unique()))}"
+             for split, column in (("validation", FID_SAMPLES), ("test", TEST_PREFIX + FID_SAMPLES))
+             if column in trials and trials[column].notna().any()]
+    if not sizes:
+        return "an unrecorded number of samples (a study made before it was recorded; eval_samples capped at the split)"
+    return f"N generated vs N real samples, N = {'; '.join(sizes)} (fid's bias depends on N: compare fids at equal N)"
+
+
 def verdict_rules() -> str:
     """How the verdicts above were decided, with the thresholds they used."""
-    from study.analysis.claims import MIN_EPOCHS, MIN_SEEDS, MIN_TRIALS, RESPECTED_CORRELATION
+    from study.analysis.claims import (MIN_EPOCHS, MIN_SEEDS, MIN_TRIALS, RESPECTED_CORRELATION,
+                                       SMALLEST_COLLAPSE_SHARE, SMALLEST_CORRELATION, SMALLEST_WIDTH_EXCESS)
     from study.analysis.evidence import ALPHA, CONFIDENCE, TARGET_POWER
 
-    return (f"Verdict rules: an effect is a difference of means over seeds (Welch; within trials: paired) or a "
-            f"Spearman correlation, with its {CONFIDENCE:.0%} interval (t-based; Fisher z for correlations). The "
-            f"p-values behind (b), (c) and (d) are one family, Holm-corrected to {ALPHA:.0%}. A difference that is not "
-            f"significant while the power at the observed effect is below {TARGET_POWER:.0%} is `undecided`, with "
-            f"the sample size that would reach {TARGET_POWER:.0%} power at {ALPHA:g} / the number of tests (the "
-            f"observed effect and variance taken as true). Below {MIN_SEEDS} seeds per model (a grid) or "
-            f"{MIN_TRIALS} finished trials or {MIN_EPOCHS} epochs (a search) every verdict is `too little evidence`. "
-            f"Thickness counts as respected at Spearman ≥ {RESPECTED_CORRELATION}.")
+    return (f"Verdict rules: an effect is a difference of means over seeds (Welch), a Spearman correlation (in a "
+            f"search: partial, the other searched parameters held fixed) or a difference of proportions, with its "
+            f"{CONFIDENCE:.0%} interval (t-based; Fisher z for correlations; Newcombe for proportions, tested by "
+            f"Fisher's exact test), judged against its smallest effect of interest δ (cvae/metrics.py; "
+            f"{SMALLEST_CORRELATION} for a correlation; {SMALLEST_WIDTH_EXCESS} for one class's relative stroke width; "
+            f"{SMALLEST_COLLAPSE_SHARE} for a share of collapsed trials). "
+            f"Collapsed trials and trials whose collapse was not measured are named and left out of every other "
+            f"test. The p-values behind (b), (c) and (d) are one family, Holm-corrected to {ALPHA:.0%}: an "
+            f"effect significant after Holm is better or worse; one whose (1 − 2α/m) interval lies inside ±δ (two "
+            f"one-sided tests, m the tests in the family) is `no effect larger than δ`; anything else is `undecided`, "
+            f"with the sample size that would give {TARGET_POWER:.0%} power to find an effect of δ at α/m (the "
+            f"observed variance taken as true). A claim is `supported` when all its tests are better, `not supported` "
+            f"when every effect is smaller than δ, `contradicted` when a test is worse and none better, `partly "
+            f"supported` when decided tests disagree. Values that agree exactly (zero variance) or fewer than two on a "
+            f"side are not testable. A pool of studies, each run after the verdicts on the ones before (more seeds "
+            f"because a verdict asked for them), tests everything at α divided by the number of studies (Bonferroni "
+            f"over the looks). Below {MIN_SEEDS} seeds per model (a grid) or {MIN_TRIALS} finished trials or "
+            f"{MIN_EPOCHS} epochs (a search) every verdict is `too little evidence`. Thickness counts as respected at "
+            f"Spearman ≥ {RESPECTED_CORRELATION}. The numbers are the test split's; the per-class sweep behind (a) "
+            f"and (b) draws at fixed conditions and compares with the validation split's real stroke widths (it "
+            f"selects nothing).")
 
 
 def pareto_section(trials: pd.DataFrame, spec: dict) -> list[str]:

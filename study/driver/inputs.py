@@ -95,6 +95,7 @@ def read_data(spec) -> DriverData:
     and the digits read here are the ones every trial gets. If only the embedded MNIST sample is reachable, say so
     once here and tell the trials (no download attempt, no warning each)."""
     from cvae.data import DatasetError, load_dataset
+    from cvae.metrics import fid_sample_problem
 
     config = spec.trial_config({})
     with warnings.catch_warnings(record=True) as caught:
@@ -103,6 +104,8 @@ def read_data(spec) -> DriverData:
             dataset = load_dataset(config.dataset, config.data_path)
         except DatasetError as error:
             raise Refusal(str(error)) from None
+    if problem := fid_sample_problem(dataset.labels, config):
+        raise Refusal(problem)
     if "fallback" not in dataset.source:
         return DriverData(dataset, {})
     reason = str(caught[0].message).split("); ")[0] + ")" if caught else "full MNIST not found"

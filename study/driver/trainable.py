@@ -10,9 +10,11 @@ import sys
 import tempfile
 import time
 
+import pyarrow.fs
 import ray
 from ray import tune
 
+from cvae.checkpoint import missing_resume_files
 from cvae.environment import VERBOSE_ENV
 from cvae.runtime import native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
@@ -111,6 +113,40 @@ quiet_library_logs()
 quiet_worker_exit()
 
 
+def download_whole_checkpoint(restored, folder: str) -> str:
+    """Copy the checkpoint Tune restores into this trial's own folder; if it is not whole, the newest whole one
+    beside it instead.
+
+    Tune deletes a trial's older checkpoint as soon as a newer one is reported, but writes the experiment state that
+    names the newest only every few seconds: a driver killed in between leaves a resume pointing at a checkpoint
+    that is gone or half deleted (CI saw `training_state.npz` missing). The newer checkpoint was complete before it
+    was reported, and the epochs table already holds its epochs, so continuing from it loses and repeats nothing.
+    A private copy, not `as_directory`'s temporary folder, which is shared by name and left behind by killed workers.
+    """
+    if _download_whole(restored, folder):
+        return folder
+    filesystem, parent = restored.filesystem, restored.path.rstrip("/").rpartition("/")[0]
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    siblings = sorted((info.path for info in found if info.type == pyarrow.fs.FileType.Directory
+                       and info.base_name.startswith("checkpoint_")), reverse=True)
+    for index, sibling in enumerate(siblings):
+        candidate = os.path.join(os.path.dirname(folder), f"sibling_{index}")
+        if sibling != restored.path.rstrip("/") and _download_whole(tune.Checkpoint(sibling, filesystem), candidate):
+            print(f"checkpoint {restored.path} is not whole (a driver was killed while Tune replaced it); "
+                  f"continuing from {sibling}", file=sys.stderr, flush=True)
+            return candidate
+    return folder  # nothing whole beside it: restoring names what is missing
+
+
+def _download_whole(checkpoint, folder: str) -> bool:
+    try:
+        checkpoint.to_directory(folder)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        return False
+    return not missing_resume_files(folder)
+
+
 def run_trial(params: dict, spec, inputs=None) -> None:
     """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params, trained on the data
     and measured by the classifier the driver shipped (`inputs`, cvae.train.TrialInputs)."""
@@ -121,11 +157,8 @@ def run_trial(params: dict, spec, inputs=None) -> None:
         config = spec.trial_config(params)
         report = _reporter({"tensorflow_import_seconds": limit_threads(spec.cpu)}, progress)
         restored = tune.get_checkpoint()
-        if restored is None:
-            train(config, report=report, checkpoint_dir=scratch, inputs=inputs)
-        else:
-            with restored.as_directory() as folder:
-                train(config, report=report, checkpoint=folder, checkpoint_dir=scratch, inputs=inputs)
+        folder = None if restored is None else download_whole_checkpoint(restored, os.path.join(scratch, "restored"))
+        train(config, report=report, checkpoint=folder, checkpoint_dir=scratch, inputs=inputs)
     except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
         if is_disk_full(error):  # not the trial's fault: Tune sees the failure and the driver stops the study
             raise

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cvae.metrics import FID_SAMPLES
 from study.tables.records import DETAILS_FILE, EPOCHS_FILE, SAMPLES_FILE, SEED_PARAMETER, SPEC_FILE, TRIALS_FILE, label_models
 from study.tables.selection import incomplete_note
 from study.tables.table_files import load_details, load_results, replace_atomically, resolve_path
@@ -49,6 +50,12 @@ def check_poolable(specs: dict[str, dict], trials: dict[str, pd.DataFrame]) -> N
     if len({frozenset(value) for value in sources.values()}) > 1:
         raise ValueError("cannot pool studies trained on different data: "
                          + "; ".join(f"{name}: {', '.join(sorted(value))}" for name, value in sources.items()))
+    sizes = {name: set(table[FID_SAMPLES].dropna().astype(int)) if FID_SAMPLES in table else set()
+             for name, table in trials.items()}
+    if len({frozenset(value) for value in sizes.values()}) > 1:  # FID's bias depends on N: pooled fids must share it
+        raise ValueError("cannot pool studies whose fid compared different numbers of samples: "
+                         + "; ".join(f"{name}: N = {', '.join(map(str, sorted(value))) or 'not recorded'}"
+                                     for name, value in sizes.items()))
     seen: dict[tuple, str] = {}
     for name, table in trials.items():
         for model, seed in sorted(zip(label_models(table), table[SEED_PARAMETER])):  # the first repeat, by name

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
-                          STATUS_RUNNING, REAL_METRICS, REAL_PREFIX)
+from cvae.metrics import (CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, FID_SAMPLES, METRICS, STATUS_COMPLETED, STATUS_DIVERGED,
+                          STATUS_RUNNING, REAL_METRICS, REAL_PREFIX, TEST_PREFIX)
 
 TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "study.json", ".driver.lock"
 # What study/report.py draws from the checkpoints once (so a folder stays reportable without them), and writes.
@@ -99,6 +99,7 @@ def trial_row(record: TrialRecord) -> dict:
         RETRIES_KEY: "; ".join(record.retries) or None,
     }
     summary.update({name: last.get(name, np.nan) for name in METRICS})
+    summary.update({name: last.get(name, np.nan) for name in (FID_SAMPLES, TEST_PREFIX + FID_SAMPLES, "cas_seconds")})
     summary.update({REAL_PREFIX + name: last.get(REAL_PREFIX + name, np.nan) for name in REAL_METRICS})
     return summary
 

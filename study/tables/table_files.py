@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvae.metrics import CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, METRICS, REAL_PREFIX
+from cvae.metrics import CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, FID_SAMPLES, METRICS, REAL_PREFIX, TEST_PREFIX
 from study.tables.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX, RETRIES_KEY,
                            SAMPLES_FILE, SPEC_FILE, STARTED_AT, STATUS_INTERRUPTED, STATUS_PRUNED, STATUSES, SUMMARY_FILE,
                            TRIALS_FILE, TrialRecord, epoch_row, trial_params, trial_row)
@@ -404,7 +404,7 @@ def _check_numbers(table: pd.DataFrame, where: str) -> None:
     """Every metric, epoch count and real-data level must be a number (NaN allowed: not measured) in its range; a
     column of text is a damaged or hand-edited table, and would fail deep inside pandas or a plot."""
     numeric = [c for c in table if c in METRICS or c.startswith(REAL_PREFIX) or c in (
-        "epoch", "epochs_run", CLASSIFIER_ACCURACY, "wall_time_s")]
+        "epoch", "epochs_run", CLASSIFIER_ACCURACY, "wall_time_s", FID_SAMPLES, TEST_PREFIX + FID_SAMPLES)]
     for column in numeric:
         values = pd.to_numeric(table[column], errors="coerce")
         if (values.isna() & table[column].notna()).any():
