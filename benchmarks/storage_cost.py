@@ -32,7 +32,7 @@ def checkpoint_uploads(scratch: Path, store: str, rounds: int) -> dict:
 
     from cvae.config import preset
     from cvae.train import train
-    from study.store.storage import filesystem_of, join, storage_filesystem
+    from study.store.storage import filesystem_of, join, tune_storage
 
     config = preset("model_4").replace(dataset="mnist-5k", epochs=1, max_train_samples=300, eval_samples=256, cas_samples=200, cas_epochs=1,
                                        sweep_latents=2)
@@ -44,7 +44,7 @@ def checkpoint_uploads(scratch: Path, store: str, rounds: int) -> dict:
             if kind == "local folder":
                 folder = scratch / "local" / f"checkpoint_{round_:06d}"
                 folder.mkdir(parents=True)  # Tune makes the folder, then copies into it
-                target, filesystem = str(folder), storage_filesystem(str(scratch))
+                target, filesystem = str(folder), tune_storage(str(scratch))[1]
             else:
                 filesystem, target = filesystem_of(join(store, f"checkpoint_{round_:06d}"))
             started = time.perf_counter()

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cvae.datasets import DATASET_INFO, Recipe
-from cvae.data import NUM_CLASSES, cache_dir, load_dataset, split_indices
+from cvae.data import NUM_CLASSES, load_dataset, split_indices
+from cvae.environment import cache_dir
 
 FEATURES_LAYER = "features"
 CACHE_FORMAT = 2  # bump when the architecture, recipe or splits change, so old caches are retrained

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import socket
 import struct
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.environment import CACHE_DIR_ENV, FALLBACK_NOTED_ENV, KERAS_HOME_ENV, OFFLINE_ENV
+from cvae.environment import FALLBACK_NOTED_ENV, KERAS_HOME_ENV, OFFLINE_ENV, cache_dir
 from cvae.config import DATASETS, FASHION_MNIST, MNIST
 from cvae.datasets import DATASET_INFO, dataset_info
 
@@ -176,21 +178,21 @@ def keras_cache_dir() -> Path:
 
 def download_keras(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Download through keras.datasets (needs a network); raises on failure."""
-    import keras  # lazy: importing TensorFlow takes seconds
+    from cvae.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # lazy (seconds), and its start-up lines go to a log, not the console
+    import keras
 
     loader = {MNIST: keras.datasets.mnist, FASHION_MNIST: keras.datasets.fashion_mnist}[name]
+    print(f"data: downloading {name} through keras (once; kept in keras' cache)", flush=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an offline machine should fail fast, not hang
     try:
-        (x_train, y_train), (x_test, y_test) = loader.load_data()
+        with contextlib.redirect_stdout(io.StringIO()):  # keras' "Downloading data from https://…" and its bar
+            (x_train, y_train), (x_test, y_test) = loader.load_data()
     finally:
         socket.setdefaulttimeout(previous)
     return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
-
-
-def cache_dir() -> Path:
-    """CVAE_CACHE_DIR, else ~/.cache/cvae-study (classifier and parsed embedded sample)."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cvae-study")
 
 
 def read_embedded() -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,9 @@
 user's shell, a Ray worker, a child process) or that TensorFlow and Ray read themselves. Within one process,
 settings travel as arguments."""
 
+import os
+from pathlib import Path
+
 # The project's own: set by the user, or by the study driver for its trial workers and child processes.
 CACHE_DIR_ENV = "CVAE_CACHE_DIR"  # reference classifiers, parsed digits, fetched checkpoints (~/.cache/cvae-study)
 OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
@@ -21,6 +24,14 @@ RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor in a 
 TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # "0" with verbose=0: no tables, hints or boxes from Tune
 TUNE_TRIAL_ERRORS_ENV = "TUNE_PRINT_ALL_TRIAL_ERRORS"  # "0": a failed trial is one line of ours, not Tune's traceback
 
+# An S3-compatible store's address when a URI does not carry one (?endpoint_override=…), as pyarrow and boto3 read it.
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+
 # The code's path and the GPUs, as every Python and CUDA process reads them.
 PYTHONPATH_ENV = "PYTHONPATH"
 CUDA_DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def cache_dir() -> Path:
+    """CVAE_CACHE_DIR, else ~/.cache/cvae-study (classifiers, parsed embedded sample, fetched checkpoints)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cvae-study")

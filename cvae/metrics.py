@@ -76,6 +76,9 @@ SAMPLE_METRICS = tuple(metric.name for metric in _METRICS
                        if metric.name not in TRAIN_METRICS + VALIDATION_METRICS + (ELBO,))
 # Once per finished run, on the test split: the validation metrics that do not depend on the run's own loss weights.
 TEST_METRICS = tuple(TEST_PREFIX + name for name in (*SAMPLE_METRICS, "elbo"))
+# Measured on the sweep's images against the requested thickness alone, no real image involved: the test columns
+# repeat the validation value (class_parity, by contrast, compares with each split's real widths).
+SPLIT_FREE_METRICS = ("thickness_corr", "thickness_mae")
 _TEST = [Metric(TEST_PREFIX + metric.name.removeprefix(VALIDATION_PREFIX), metric.mode,
                 f"{metric.description} (test split, once at the end)", metric.low, metric.high, metric.smallest_effect,
                 metric.why)

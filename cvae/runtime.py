@@ -9,8 +9,7 @@ import os
 import re
 import sys
 
-from cvae.data import cache_dir
-from cvae.environment import TF_LOG_LEVEL_ENV
+from cvae.environment import TF_LOG_LEVEL_ENV, cache_dir
 
 
 

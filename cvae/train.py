@@ -175,7 +175,9 @@ def fit(run: TrainingRun, report, checkpoint_dir, verbose: int) -> None:
     batches, steps = training_batches(run.data, run.config, run.start_epoch)
     run.model.fit(batches, steps_per_epoch=steps, validation_data=evaluation_batches(run.data.validation),
                   epochs=run.config.epochs, initial_epoch=run.start_epoch,
-                  callbacks=[keras.callbacks.TerminateOnNaN(), EpochEnd(run, report, checkpoint_dir)],
+                  # the progress bar first: its epoch line ends before EpochEnd's report prints one of its own
+                  callbacks=[keras.callbacks.TerminateOnNaN(), *([keras.callbacks.ProgbarLogger()] if verbose else []),
+                             EpochEnd(run, report, checkpoint_dir)],
                   verbose=verbose, shuffle=False)
 
 

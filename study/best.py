@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cvae.command_line import ArgumentParser, exit_with, fail
+from cvae.metrics import SPLIT_FREE_METRICS
 from study.tables.records import trial_params
 from study.tables.selection import BEST_RULE, metric_pairs, provisional_note
 from study.tables.table_files import resolve_path
@@ -31,7 +32,8 @@ def main(argv=None, prog: str = "python study/best.py") -> int:
         print(f"  {name} = {value}")
     print(f"  {'metric':<20} {'validation':>12}" + ("" if provisional else f" {'test':>12}"))
     for name, validation, test in metric_pairs(best):
-        print(f"  {name:<20} {validation:>12.5g}" + ("" if provisional else f" {test:>12.5g}"))
+        shown_test = f" {'(one sweep)':>12}" if name in SPLIT_FREE_METRICS else f" {test:>12.5g}"
+        print(f"  {name:<20} {validation:>12.5g}" + ("" if provisional else shown_test))
     print(f"checkpoint: {resolve_path(study.folder, best['checkpoint'])}")
     return 0
 

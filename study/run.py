@@ -123,7 +123,7 @@ def run_study(request: RunRequest, study: Study, data: DriverData, rebuild_tuner
     inputs = ship_inputs(study, data.dataset, mirror)
     tuner = make_tuner(request, study, inputs, mirror, trackers, rebuild_tuner_state)
     started = time.time()
-    with disk_reserve(study.folder) as release_reserve:
+    with disk_reserve(study.folder) as release_reserve, watch_store(study):
         try:
             grid = tuner.fit()
         except Exception as error:  # noqa: BLE001 (only a full disk is handled here; anything else is re-raised)
@@ -132,6 +132,18 @@ def run_study(request: RunRequest, study: Study, data: DriverData, rebuild_tuner
             release_reserve()  # room for the rewrite that marks the running trials interrupted
             return stop_for_disk(error, study, request)
     return end_run(study, grid, mirror, trackers, time.time() - started, request.space)
+
+
+def watch_store(study: Study):
+    """A StoreWatch on the study's object store while it runs (nothing for a local storage folder)."""
+    import contextlib
+
+    from study.store.patient_store import StoreWatch
+    from study.store.storage import filesystem_of, is_uri
+
+    if not is_uri(study.storage):
+        return contextlib.nullcontext()
+    return StoreWatch(*filesystem_of(study.experiment))
 
 
 def make_tuner(request: RunRequest, study: Study, inputs, mirror, trackers: tuple, rebuild_tuner_state: bool):

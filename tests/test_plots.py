@@ -100,9 +100,14 @@ def test_search_figures(grey_spec, search_tables):
     assert set(importance.index) == {p["name"] for p in grey_spec["parameters"]}
     assert importance.sum() == pytest.approx(1.0)
     assert len(plots.plot_parameter_importance(trials, grey_spec).axes[0].patches) == len(importance)
+    mixed = trials.assign(epochs_run=np.where(trials["status"] == "pruned", 2, 6))
+    title = plots.plot_parameter_importance(mixed, grey_spec).axes[0].get_title()
+    assert "measured after 2–6 epochs (pruned ones earlier)" in title, title
 
     parallel = plots.plot_parallel_coordinates(trials, grey_spec)
     assert len(parallel.axes[0].get_lines()) == len(trials)
+    dashed = [line for line in parallel.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == (trials["status"] == "pruned").sum() > 0  # pruned trials told from completed ones
     assert [t.get_text() for t in parallel.axes[0].get_xticklabels()] == [p["name"] for p in grey_spec["parameters"]]
 
     effects = plots.plot_grey_effects(trials, grey_spec)
@@ -111,6 +116,7 @@ def test_search_figures(grey_spec, search_tables):
     assert "x: pruned, fewer epochs" in effects._suptitle.get_text()  # mixed fidelity is marked, not hidden
     legend = [text.get_text() for text in effects.axes[2].get_legend().get_texts()]
     assert {"completed", "pruned"} <= set(legend)
+    assert not any(text.startswith("param_") for text in legend), legend  # parameter names, not table columns
 
 
 def test_parallel_coordinates_label_every_axis_in_its_own_units(grey_spec, search_tables):

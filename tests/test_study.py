@@ -52,8 +52,8 @@ def test_smoke_study_end_to_end(tmp_path, study_cli, noise_in):
     assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in addresses), addresses
     console = result.stdout + result.stderr  # the study's story, without Ray's, Optuna's or TensorFlow's noise
     assert not noise_in(console), noise_in(console)
-    assert re.search(r"study: 1/2 trials ended \(1 completed\), \d running; best fid [\d.]+ \(trial \w+\); ETA ~\d+ s",
-                     console), console
+    assert re.search(r"study: 1/2 trials ended \(1 completed\), \d running; best fid [\d.]+ \(trial \w+\)"
+                     r"(; running trial \w+ at [\d.]+ \(epoch \d+\))?; ETA ~\d+ (s|min)", console), console
     trials = pd.read_csv(tmp_path / "smoke" / "trials.csv")
     epochs = pd.read_csv(tmp_path / "smoke" / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
@@ -240,7 +240,9 @@ def test_interrupt_and_kill_then_resume(tmp_path, study_cli, write_space, noise_
 
 
 def test_asha_prunes_trials_and_the_study_finishes(tmp_path, write_space):
-    """A pruned trial frees its slot for the next one (reusing its busy worker once hung the whole study)."""
+    """A pruned trial frees its slot for the next one (reusing its busy worker once hung the whole study). One trial
+    at a time: the trials reach each rung in a fixed order, so which ones ASHA prunes does not depend on which
+    finished first on a busy machine (seeds fix the values)."""
     space = write_space(tmp_path, "pruned", """
         name: pruned
         base: model_4
@@ -248,7 +250,7 @@ def test_asha_prunes_trials_and_the_study_finishes(tmp_path, write_space):
         parameters:
           grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
           latent_dim: {distribution: int, low: 2, high: 40}
-        search: {algorithm: optuna, sampler: random, seed: 2, num_samples: 5, max_concurrent: 2}
+        search: {algorithm: optuna, sampler: random, seed: 2, num_samples: 5, max_concurrent: 1}
         scheduler: {type: asha, max_epochs: 3, grace_period: 1, reduction_factor: 3}
     """)
     log = open(tmp_path / "driver.log", "w")
@@ -396,14 +398,13 @@ def test_bad_data_is_refused_before_ray_starts(tmp_path, embedded_digits, case, 
         path.write_bytes(path.read_bytes()[:-100])
     else:
         write_idx(folder, images[labels == 0], labels[labels == 0])
-    started = time.monotonic()
     # relative to where the command runs, as a user types it
     result = subprocess.run([sys.executable, str(REPO / "study/run.py"), "--space", "smoke.yaml", "--dataset", "mnist",
                              "--data-path", "data", "--results-dir", "results"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert time.monotonic() - started < 30 and not (tmp_path / "results" / "smoke" / "tune").exists()
+    assert not (tmp_path / "results" / "smoke" / "tune").exists()  # refused before Ray or Tune started
 
 
 def test_relative_data_path_reaches_the_trials(tmp_path, embedded_digits):
@@ -500,12 +501,11 @@ def test_cluster_with_token_auth_needs_the_token(tmp_path, study_cli):
                 return True if client.connect_ex(("127.0.0.1", port)) == 0 else None
         _wait_for(answers, 120, "the head node")
         user = {**os.environ, "HOME": str(user_home)}  # a user with no token of their own
-        started = time.monotonic()
         refused = study_cli("--space", "smoke.yaml", "--address", f"127.0.0.1:{port}", results=tmp_path,
                             env=user, timeout=120)
         assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
         assert "requires its authentication token; set RAY_AUTH_TOKEN" in refused.stderr
-        assert len((refused.stdout + refused.stderr).strip().splitlines()) == 1 and time.monotonic() - started < 30
+        assert len((refused.stdout + refused.stderr).strip().splitlines()) == 1
         joined = study_cli("--space", "smoke.yaml", "--num-samples", "1", "--address", f"127.0.0.1:{port}",
                            results=tmp_path, env={**user, "RAY_AUTH_TOKEN": token},
                            timeout=400)
@@ -567,12 +567,15 @@ def test_a_killed_trial_worker_is_retried_and_a_repeated_kill_ends_the_trial(tmp
     driver = _start(space, tmp_path, log.name)
     kills, readings = [], []
 
+    def read(command):
+        return subprocess.run([sys.executable, *command, str(tmp_path / "killed")], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+
     def read_while_it_runs():  # the analysis commands, again and again, while the study writes its tables
         while driver.poll() is None:
             for command in (["study/best.py"], ["study/report.py", "--no-details"]):
                 if (tmp_path / "killed" / "trials.csv").exists():
-                    readings.append(subprocess.run([sys.executable, *command, str(tmp_path / "killed")], cwd=REPO,
-                                                   capture_output=True, text=True, timeout=120))
+                    readings.append(read(command))
             time.sleep(1)
 
     import threading
@@ -601,12 +604,12 @@ def test_a_killed_trial_worker_is_retried_and_a_repeated_kill_ends_the_trial(tmp
     console = log.read_text()
     assert returncode == 1, console[-4000:]  # a trial ended in error: the study went on and said so
     # Readers during the run: a consistent snapshot each time (never a damaged table), unfinished work said first
-    assert len(readings) >= 4
+    # however many the machine's pace allowed: the first began while the first trial ran (the study takes minutes)
+    assert readings and readings[0].stdout.startswith("incomplete: "), readings[:1]
     for reading in readings:
         assert reading.returncode in (0, 2) and "Traceback" not in reading.stderr, reading.stderr[-2000:]
         assert reading.returncode == 0 or "no completed or pruned trial" in reading.stderr, reading.stderr
         assert reading.stdout.startswith("incomplete: ") or "incomplete" not in reading.stdout, reading.stdout
-    assert sum(reading.stdout.startswith("incomplete: ") for reading in readings) >= 3
     trials = pd.read_csv(tmp_path / "killed" / "trials.csv").set_index("param_grey_weight")
     once, repeated = trials.loc[0.1], trials.loc[0.2]
     assert once["status"] == "completed" and once["retries"].startswith("worker killed (signal 9; out of memory?)"), \
@@ -698,6 +701,8 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
     assert resumed.returncode == 0, console[-4000:]
     assert "restored the study's tables from s3://" in resumed.stdout and not noise_in(console), console[-3000:]
     assert "disk: " in resumed.stdout and " in s3://" in resumed.stdout
+    study_uri = storage.replace("?", "/stored?")
+    assert f"python study/best.py '{study_uri}'" in resumed.stdout  # next: the study's URI, readable anywhere
     folder = second_dir / "stored"
     trials, epochs = pd.read_csv(folder / "trials.csv"), pd.read_csv(folder / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status", "error"]]
@@ -708,7 +713,6 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
     recorded = json.loads((folder / "study.json").read_text())["classifier_sha256"]
     assert set(trials["classifier_sha256"]) == {recorded} and set(epochs["classifier_sha256"]) == {recorded}
     assert trials["checkpoint"].str.startswith("s3://").all()
-    study_uri = storage.replace("?", "/stored?")
     best = subprocess.run([sys.executable, "study/best.py", study_uri], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert best.returncode == 0 and "checkpoint: s3://" in best.stdout, best.stdout + best.stderr
@@ -722,6 +726,57 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
 
     for checkpoint in trials["checkpoint"]:  # ended trials keep weights only, in the store too
         assert exists(join(checkpoint, "decoder.keras")) and not exists(join(checkpoint, "training_state.npz"))
+
+
+def test_a_study_rides_through_its_store_going_away_for_a_minute(tmp_path, write_space, tiny_fixed):
+    """The object store a study lives in stops answering for 65 s in the middle of it (its server SIGSTOPped:
+    connections hang, as behind a dead network link): the trials' checkpoint uploads and the driver's writes wait
+    and retry, every trial completes, every epoch is in the tables once, and the console says how long the store
+    was away."""
+    from study.store.loopback_store import LocalObjectStore, generate_credentials
+
+    credentials = generate_credentials()
+    space = write_space(tmp_path, "outage", f"""
+        name: outage
+        base: model_4
+        fixed: {tiny_fixed}
+        parameters:
+          grey_weight: {{values: [0.1, 0.3]}}
+        search: {{algorithm: grid, repeats: 1, max_concurrent: 2}}
+        scheduler: {{type: fifo, max_epochs: 4}}
+    """)
+    log = tmp_path / "driver.log"
+    with LocalObjectStore(tmp_path / "store", credentials=credentials) as store:
+        with open(log, "w") as console:
+            driver = subprocess.Popen(
+                [sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(tmp_path),
+                 "--storage-path", store.uri("studies")], cwd=REPO, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True, env={**os.environ, **credentials})
+        try:
+            _wait_for(lambda: True if EPOCH_LINE.search(log.read_text()) else None, 400, "the first epoch")
+            os.kill(store.process.pid, signal.SIGSTOP)
+            try:
+                time.sleep(65)
+                still_running = driver.poll() is None  # the outage hit the study, not its aftermath
+            finally:
+                os.kill(store.process.pid, signal.SIGCONT)
+            returncode = driver.wait(timeout=900)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+    text = log.read_text()
+    assert returncode == 0 and still_running, text[-4000:]
+    trials, epochs = pd.read_csv(tmp_path / "outage" / "trials.csv"), pd.read_csv(tmp_path / "outage" / "epochs.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status", "error"]]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert all(sorted(group) == [1, 2, 3, 4] for _, group in epochs.groupby("trial_id")["epoch"])
+    assert "storage: the store stopped answering" in text, text[-4000:]
+    back = re.search(r"storage: the store answers again after (\d+) s", text)
+    away = re.search(r"storage: the store did not answer for up to (\d+) s, \d+ time\(s\); every write was "
+                     r"retried until it went through", text)
+    assert back and away and int(back.group(1)) >= 50, text[-4000:]  # the 65 s pause, give or take a probe
+    assert "Traceback" not in text and "could not be copied" not in text, text[-4000:]
 
 
 # Run inside `unshare --net` (a network namespace whose only interface is lo): a SeaweedFS store, a Ray head with no

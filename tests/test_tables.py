@@ -39,6 +39,38 @@ def test_epoch_log_appends_whole_lines_and_widens_once(tmp_path):
     assert [(r["epoch"], r["fid"]) for r in loaded.rows] == [(1, 10.0), (2, 7.0), (3, 8.0)]  # the last report wins
 
 
+def test_epoch_log_follows_a_table_another_writer_replaced(tmp_path):
+    """The end of a run writes epochs.csv whole (its own column set and order); a row the running log appends after
+    that is laid out for the new header, so a plain CSV reader reads every row right."""
+    from study.tables.table_files import replace_atomically
+
+    path = tmp_path / EPOCHS_FILE
+    log = EpochLog(path)
+    record = TrialRecord("a", {"latent_dim": 8})
+    log.append(epoch_row(record, {"epoch": 1, "fid": 10.0, "status": "running", "extra": "x"}))
+    narrower = pd.read_csv(path)[["epoch", "trial_id", "fid", "param_latent_dim", "status"]]
+    replace_atomically(narrower, path)  # fewer columns, another order
+    log.append(epoch_row(record, {"epoch": 2, "fid": 9.0, "status": "interrupted"}))
+    frame = pd.read_csv(path)
+    assert list(frame["epoch"]) == [1, 2] and list(frame["fid"]) == [10.0, 9.0], frame
+    assert list(frame["status"]) == ["running", "interrupted"] and set(frame["trial_id"]) == {"a"}
+    path.unlink()  # removed meanwhile: the next row starts a new table with its header
+    log.append(epoch_row(record, {"epoch": 3, "fid": 8.0}))
+    assert pd.read_csv(path)["epoch"].tolist() == [3]
+
+
+def test_tables_of_a_study_stopped_before_any_trial_or_epoch_are_readable_csv(tmp_path, four_trials):
+    """A stop before the first trial (or its first epoch) still leaves tables a plain CSV reader opens: a header,
+    no rows (an empty file is refused by pandas: "No columns to parse from file")."""
+    from study.tables.table_files import write_tables
+
+    write_tables(tmp_path, [])
+    assert pd.read_csv(tmp_path / TRIALS_FILE).empty and pd.read_csv(tmp_path / EPOCHS_FILE).empty
+    write_tables(tmp_path, [TrialRecord("new", {"grey_weight": 0.1})])  # started, no epoch reported yet
+    assert list(pd.read_csv(tmp_path / TRIALS_FILE)["trial_id"]) == ["new"]
+    assert pd.read_csv(tmp_path / EPOCHS_FILE).empty
+
+
 def damage(folder, how):
     trials = folder / TRIALS_FILE
     text = trials.read_text()

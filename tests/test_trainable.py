@@ -63,7 +63,7 @@ def test_a_resume_pointing_at_a_checkpoint_tune_was_deleting_continues_from_the_
     from ray import tune
 
     from study.driver.trainable import download_whole_checkpoint
-    from study.store.storage import storage_filesystem
+    from study.store.storage import tune_storage
 
     trial = tmp_path / "tune" / "trial"
     old = trial / "checkpoint_000002"
@@ -72,7 +72,7 @@ def test_a_resume_pointing_at_a_checkpoint_tune_was_deleting_continues_from_the_
     _checkpoint_folder(trial / "checkpoint_000001", whole=False)
     newer = _checkpoint_folder(trial / "checkpoint_000003", whole=True)
     (newer / "training_state.npz").write_text("the newer one")
-    filesystem = storage_filesystem(str(tmp_path / "tune"))  # what Tune reads a local study's storage through
+    filesystem = tune_storage(str(tmp_path / "tune"))[1]  # what Tune reads a local study's storage through
     folder = download_whole_checkpoint(tune.Checkpoint(str(old), filesystem), str(tmp_path / "scratch" / "restored"))
     assert (Path(folder) / "training_state.npz").read_text() == "the newer one"
     assert tmp_path / "scratch" in Path(folder).parents  # a private copy, not Tune's shared temporary folder

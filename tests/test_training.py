@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,22 +104,26 @@ def test_resume_continues_at_the_right_epoch(tiny_run, tiny_config, tmp_path):
 def test_train_cli_writes_run_folder_and_resumes(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "cvae.train", "--preset", "model_4", "--dataset", "mnist-5k",
-               "--max-train-samples", "200", "--set", "eval_samples=256", "--set", "cas_samples=200", "--set", "cas_epochs=1", "--set", "sweep_latents=1",
-               "--set", "width=0.25", "--set", "latent_dim=4", "--out", str(out), "--quiet"]
-    first = subprocess.run(command + ["--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+               "--max-train-samples", "200", "--set", "eval_samples=256", "--set", "cas_samples=200",
+               "--set", "cas_epochs=1", "--set", "sweep_latents=1", "--set", "width=0.25", "--set", "latent_dim=4",
+               "--out", str(out)]
+    first = subprocess.run(command + ["--epochs", "1", "--quiet"], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert json.loads((out / "config.json").read_text())["latent_dim"] == 4
     assert (out / "checkpoints" / "epoch_0001" / "decoder.keras").is_file()
-    again = subprocess.run(command + ["--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command + ["--epochs", "1", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already holds a run; pass --resume" in again.stderr
     resumed = subprocess.run(command + ["--epochs", "2", "--resume"], cwd=REPO, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # with the progress bar on, the epoch line is a line of its own, not glued to the bar's end
+    assert re.search(r"^epoch 2/2: loss=", resumed.stdout, re.M), resumed.stdout[-2000:]
     import pandas as pd
 
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002"]
-    mismatch = subprocess.run(command + ["--epochs", "3", "--resume", "--set", "latent_dim=5"], cwd=REPO,
+    mismatch = subprocess.run(command + ["--epochs", "3", "--quiet", "--resume", "--set", "latent_dim=5"], cwd=REPO,
                               capture_output=True, text=True, timeout=600)
     assert mismatch.returncode == 2 and "different settings: latent_dim" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr

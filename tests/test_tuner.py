@@ -1,4 +1,4 @@
-"""study/driver/tuner.py without a study: what it removes from Tune's storage."""
+"""study/driver without a study: what tuner.py removes from Tune's storage, what progress.py prints for a trial."""
 
 from study.driver.tuner import remove_orphan_folders
 
@@ -13,3 +13,39 @@ def test_only_folders_of_unknown_trials_are_removed(tmp_path):
     assert removed == [names[2]] and sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:2])
     assert remove_orphan_folders("s3://bucket/study", set()) == []  # remote storage is left alone
 
+
+
+def test_a_trial_line_shows_every_searched_parameter(capsys):
+    """grey_loss searches five parameters (fANOVA ranks latent_dim second): the console shows them all."""
+    from types import SimpleNamespace
+
+    from study.driver.progress import StudyConsole
+
+    params = {"grey_weight": 0.4331, "grey_threshold": 0.1, "warmup_epochs": 3, "condition_mode": "global",
+              "latent_dim": 4}
+    StudyConsole(spec=None, ended_ids=set()).line(SimpleNamespace(trial_id="a373b508", config=params), "started")
+    line = capsys.readouterr().out
+    assert line.rstrip().endswith("grey_weight=0.433 grey_threshold=0.1 warmup_epochs=3 condition_mode=global "
+                                  "latent_dim=4"), line
+
+
+def test_the_study_line_names_a_pruned_best_and_a_better_running_trial_and_counts_epochs_for_its_eta():
+    from types import SimpleNamespace
+
+    from study.driver.progress import study_status
+    from study.tables.records import TrialRecord
+
+    spec = SimpleNamespace(planned_trials=4, metrics=("fid",), modes=("min",), max_epochs=8,
+                           trial_config=lambda params: SimpleNamespace(epochs=8))
+
+    def rows(*fids, last):
+        return [{"epoch": i + 1, "fid": fid, "status": last if i == len(fids) - 1 else "running"}
+                for i, fid in enumerate(fids)]
+
+    records = [TrialRecord("cut", {"grey_weight": 0.1}, rows(90.0, 80.0, last="pruned"), pruned=True),
+               TrialRecord("busy", {"grey_weight": 0.2}, rows(70.0, 50.0, 40.0, last="running"))]
+    line = study_status(spec, records, {"cut"}, epochs_before=0, elapsed=50.0)
+    assert "best fid 80 (trial cut, pruned after 2 epoch(s)); running trial busy at 40 (epoch 3)" in line, line
+    # 5 epochs in 50 s; the ended trial ran 2 of its 8: the running one is past that share, 2 more trials at 2 each
+    assert line.endswith("; ETA ~40 s"), line
+    assert study_status(spec, records, {"cut"}, epochs_before=5, elapsed=50.0).endswith("ETA after the first epochs")

@@ -73,12 +73,12 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
     with warnings.catch_warnings(record=True) as caught:  # e.g. the data's fallback, met once per checkpoint
         warnings.simplefilter("always")
         for number, (trial_id, checkpoint) in enumerate(todo, 1):
-            log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples from {checkpoint}")
+            log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples")  # its checkpoint is in trials.csv
             profile, grid = describe_checkpoint(checkpoint)
             rows += [{"trial_id": trial_id, "checkpoint_epoch": _epoch_of(checkpoint), **row} for row in profile]
             grids[sample_key(FINAL, trial_id)] = grid
         if best_folder is not None:
-            log(f"best trial {best['trial_id']}: samples from its best checkpoint {best_folder}")
+            log(f"best trial {best['trial_id']}: samples from its best checkpoint")
             grids[sample_key(BEST, best["trial_id"])] = describe_checkpoint(best_folder)[1]
     for message in dict.fromkeys(str(warning.message).split(". ")[0] for warning in caught):
         log(f"note: {message}")  # each once, as a line of the report's own

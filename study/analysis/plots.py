@@ -13,7 +13,7 @@ import seaborn as sns
 from cvae.config import REPORTED_TRAIN_LOSS
 from cvae.metrics import METRICS, REAL_TARGET_METRICS, SAMPLE_METRICS
 from study.tables import selection
-from study.tables.records import MODEL, STARTED_AT, param_column, with_models
+from study.tables.records import MODEL, STARTED_AT, STATUS_PRUNED, param_column, with_models
 from study.analysis.evidence import mean_interval
 from study.spec.study_file import Parameter
 
@@ -292,6 +292,9 @@ def plot_parameter_importance(trials: pd.DataFrame, spec: dict) -> plt.Figure:
     axis.set_xlabel(f"fANOVA importance for {importance.name} (Optuna)")
     axis.set_ylabel("")
     rests_on = f"from {len(trials)} finished trials"
+    if "epochs_run" in trials and trials["epochs_run"].nunique() > 1:  # pruned trials were measured earlier
+        rests_on += (f", measured after {trials['epochs_run'].min():.0f}–{trials['epochs_run'].max():.0f} epochs "
+                     "(pruned ones earlier)")
     axis.set_title(rests_on + (f": too little evidence (fewer than {MIN_TRIALS})" if len(trials) < MIN_TRIALS else ""),
                    fontsize=9)
     figure.tight_layout()
@@ -318,9 +321,10 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
     values = frame[metric].astype(float)
     norm = plt.Normalize(values.min(), values.max())
     cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
-    for position in range(len(frame)):
+    pruned = (frame["status"] == STATUS_PRUNED).to_numpy() if "status" in frame else np.zeros(len(frame), bool)
+    for position in range(len(frame)):  # a pruned trial's value is from fewer epochs: dashed
         axis.plot(range(len(names)), [scaled[n].iloc[position] for n in names],
-                  color=cmap(norm(values.iloc[position])), alpha=0.8)
+                  color=cmap(norm(values.iloc[position])), alpha=0.8, linestyle="--" if pruned[position] else "-")
     axis.vlines(range(len(names)), 0, 1, color="0.3", linewidth=0.8)
     for index, name in enumerate(names):  # each axis labelled in its own units (categories by name)
         for where, label in axis_labels(frame[param_column(name)], scaled[name]):
@@ -330,7 +334,8 @@ def plot_parallel_coordinates(trials: pd.DataFrame, spec: dict) -> plt.Figure:
     axis.set_yticks([])
     axis.set_xlim(-0.2, len(names) - 0.4)
     figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label=f"{metric} (last epoch)")
-    axis.set_title("Parallel coordinates (log-scaled where searched on a log scale)")
+    axis.set_title("Parallel coordinates (log-scaled where searched on a log scale)"
+                   + ("; dashed: pruned, fewer epochs" if pruned.any() else ""))
     figure.tight_layout()
     return figure
 
@@ -360,7 +365,9 @@ def plot_grey_effects(trials: pd.DataFrame, spec: dict, metrics=GREY_METRICS) ->
     parameters = [p for p in GREY_PARAMETERS if param_column(p) in trials]
     if not parameters:
         raise ValueError(f"the study searched none of {', '.join(GREY_PARAMETERS)}")
-    hue = param_column("condition_mode") if param_column("condition_mode") in trials else None
+    # the legend shows the parameter's name, not its table column (param_condition_mode)
+    hue = "condition_mode" if param_column("condition_mode") in trials else None
+    trials = trials.rename(columns={param_column("condition_mode"): "condition_mode"}) if hue else trials
     figure, axes = plt.subplots(len(metrics), len(parameters), figsize=(3.6 * len(parameters), 2.8 * len(metrics)),
                                 squeeze=False)
     # Fidelity shown, not hidden: a pruned trial's numbers come from fewer epochs than a completed one's.

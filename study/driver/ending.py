@@ -4,6 +4,7 @@ when a disk filled, where and how to continue."""
 from __future__ import annotations
 
 import enum
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def report_disk(study, records) -> None:
 
 
 def summarise(study, trials) -> None:
-    from cvae.metrics import TEST_PREFIX
+    from cvae.metrics import SPLIT_FREE_METRICS, TEST_PREFIX
+    from study.store.storage import is_uri
     from study.tables.records import trial_params
     from study.tables.selection import provisional_note
     from study.tables.table_files import resolve_path
@@ -96,13 +98,16 @@ def summarise(study, trials) -> None:
     shown = ("fid", "class_accuracy", "thickness_corr", "class_parity", "grey_gap", "collapse_rate")
     if not provisional:
         print("  test:       " + ", ".join(f"{m}={best.get(TEST_PREFIX + m, float('nan')):.4g}" for m in shown))
-    print("  validation: " + ", ".join(f"{m}={best[m]:.4g}" for m in shown))
+    print("  validation: " + ", ".join(f"{m}={best[m]:.4g}" for m in shown
+                                       if provisional or m not in SPLIT_FREE_METRICS))  # one sweep: shown once
     print(f"  checkpoint: {resolve_path(results_dir, best['checkpoint'])}")
     print(f"tables: {results_dir / 'trials.csv'}, {results_dir / 'epochs.csv'}")
+    # a study kept in an object store is read by its URI, from this machine or any other
+    where = shlex.quote(study.experiment) if is_uri(study.storage) else results_dir
     print("next:\n"
-          f"  python study/report.py {results_dir}      # figures, summary.md, claim verdicts\n"
-          f"  python study/best.py {results_dir}\n"
-          f"  python study/sample.py {results_dir} --out best.png")
+          f"  python study/report.py {where}      # figures, summary.md, claim verdicts\n"
+          f"  python study/best.py {where}\n"
+          f"  python study/sample.py {where} --out best.png")
 
 
 def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) -> Outcome:
@@ -118,6 +123,10 @@ def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) ->
         mirror.snapshot()
     remove_orphan_folders(study.experiment, set(trials["trial_id"]) if len(trials) else set())
     report_disk(study, records)
+    from study.store.patient_store import OUTAGES
+
+    if outage := OUTAGES.summary():  # the store went away and came back: said once, with how long
+        print(outage, flush=True)
     for tracker in trackers:
         tracker.finish(records, study.folder)
     note = incomplete_note(trials, study.spec.to_dict(), space)

@@ -33,7 +33,7 @@ def check_classifier(spec, extra_env: dict) -> dict:
         {"classifier_accuracy", "classifier_required", "classifier_sha256"} for study.json.
     """
     from cvae.classifier import weak_classifier_message
-    from cvae.data import cache_dir
+    from cvae.environment import cache_dir
     from cvae.metrics import CLASSIFIER_SHA256
 
     config = spec.trial_config({})
@@ -108,7 +108,8 @@ def read_data(spec) -> DriverData:
         raise Refusal(problem)
     if "fallback" not in dataset.source:
         return DriverData(dataset, {})
-    reason = str(caught[0].message).split("); ")[0] + ")" if caught else "full MNIST not found"
+    # the warning reads "full MNIST not found (tried A (why); B (why)); FALLING BACK …": keep all it tried
+    reason = str(caught[0].message).split("; FALLING BACK")[0] if caught else "full MNIST not found"
     print(f"data: the embedded 5,000-digit MNIST sample ({reason}); every trial records its data source",
           flush=True)
     return DriverData(dataset, {OFFLINE_ENV: "1", FALLBACK_NOTED_ENV: "1"})

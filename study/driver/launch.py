@@ -7,6 +7,7 @@ from pathlib import Path
 from study.driver.checks import RunRequest, check_free_space, run_flags
 from study.driver.inputs import check_classifier
 from study.driver.ray_cluster import probe_cluster, quiet_console, set_ray_environment, start_ray
+from study.store.patient_store import OUTAGES
 from study.store.storage import is_uri
 from study.tables.mirror import StoreMirror
 from study.tables.records import FLAGS_KEY
@@ -22,6 +23,7 @@ def start_study(request: RunRequest, study: Study, trial_env: dict):
     if request.address:
         probe_cluster(request.address, spec)
     mirror = StoreMirror(study.experiment, study.folder) if study.kept_in_storage else None
+    OUTAGES.console = True  # this driver says when its store stops answering and when it is back
     if not request.resume:
         save_spec(study.folder, spec, {**check_classifier(spec, trial_env), FLAGS_KEY: run_flags(request)})
         if mirror:

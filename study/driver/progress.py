@@ -11,15 +11,12 @@ from pathlib import Path
 import pandas as pd
 from ray import tune
 
-from study.tables.records import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_RUNNING, TrialRecord, epoch_row,
-                                  short_text, trial_row, trial_status)
+from study.tables.records import (ENDED, EPOCHS_FILE, ERROR_KEY, STATUS_ERROR, STATUS_PRUNED, STATUS_RUNNING,
+                                  TrialRecord, epoch_row, short_text, trial_row, trial_status)
 from study.tables.selection import best_trial
 from study.tables.table_files import EpochLog, load_records, write_trials
 from study.driver.adapters import error_message, last_failure, worker_loss_cause
 from study.store.storage import DiskFull, is_disk_full, uri_of
-
-
-KEY_PARAMS_SHOWN = 4
 
 
 TRIALS_WRITE_S = 2.0  # trials.csv is a summary of epochs.csv (the log), so it may lag by this much
@@ -92,14 +89,14 @@ class StudyConsole:
     """The study's console: one line per trial event, and a study line (progress, best so far, ETA) every
     STATUS_EVERY_S, sooner after a trial ends but not more often than STATUS_MIN_GAP_S."""
 
-    def __init__(self, spec, ended_ids: set[str]):
-        # Clocks start with this run: time between a stop and --resume is not study time.
-        self.spec, self.ended_ids = spec, ended_ids
+    def __init__(self, spec, ended_ids: set[str], epochs_before: int = 0):
+        # Clocks start with this run: time between a stop and --resume is not study time, nor its epochs this pace.
+        self.spec, self.ended_ids, self.epochs_before = spec, ended_ids, epochs_before
         self.started = self.last_status = time.time()
         self.ended_this_run = 0
 
     def line(self, trial, text: str) -> None:
-        params = ", ".join(f"{k}={short_text(v)}" for k, v in list(trial.config.items())[:KEY_PARAMS_SHOWN])
+        params = " ".join(f"{k}={short_text(v)}" for k, v in trial.config.items())  # every searched parameter
         print(f"[{time.time() - self.started:6.0f}s] {trial.trial_id} {text:<38} {params}", flush=True)
 
     def ended(self, record: TrialRecord, records: list[TrialRecord]) -> None:
@@ -109,11 +106,11 @@ class StudyConsole:
 
     def status(self, records: list[TrialRecord], soon: bool = False) -> None:
         waited = time.time() - self.last_status
-        first_end = soon and self.ended_this_run == 1  # the first pace this run can measure
+        first_end = soon and self.ended_this_run == 1  # a trial's first end: worth a line now
         if not first_end and waited < (STATUS_MIN_GAP_S if soon else STATUS_EVERY_S):
             return
         self.last_status, elapsed = time.time(), time.time() - self.started
-        print(f"[{elapsed:6.0f}s] {study_status(self.spec, records, self.ended_ids, self.ended_this_run, elapsed)}",
+        print(f"[{elapsed:6.0f}s] {study_status(self.spec, records, self.ended_ids, self.epochs_before, elapsed)}",
               flush=True)
 
 
@@ -133,7 +130,7 @@ class StudyProgress(tune.Callback):
     def setup(self, **info):
         self.tables = StudyTables(self.spec, self.results_dir, self.mirror)
         ended = {r.trial_id for r in self.tables.records.values() if trial_status(r) in ENDED}
-        self.console = StudyConsole(self.spec, ended)
+        self.console = StudyConsole(self.spec, ended, sum(len(r.rows) for r in self.tables.records.values()))
 
     def _records(self) -> list[TrialRecord]:
         return list(self.tables.records.values())
@@ -220,10 +217,14 @@ def stop_if_disk_full(folder: Path):
         raise
 
 
-def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_run: int, elapsed: float) -> str:
+def study_status(spec, records: list[TrialRecord], ended_ids: set, epochs_before: int, elapsed: float) -> str:
     """`study: 10/32 trials ended (7 completed, 3 pruned), 2 running; best fid 17.9 (trial ab12); ETA ~25 min`.
 
-    A trial counts as ended once Tune has ended it (`ended_ids`), not when its last epoch arrives.
+    A trial counts as ended once Tune has ended it (`ended_ids`), not when its last epoch arrives. A best that
+    rests on fewer epochs (pruned) says so, and a running trial already better is named beside it. The ETA counts
+    epochs, not trials: the epochs still to run (a trial is expected to run as long as the ended ones did, relative
+    to its plan; its plan before any ended) at this run's pace in epochs per second; early ASHA prunes no longer
+    swing it by the length of a trial.
     """
     statuses = [trial_status(record) for record in records if record.trial_id in ended_ids]
     planned = max(spec.planned_trials, len(records))
@@ -231,18 +232,42 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, ended_this_ru
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in ENDED if statuses.count(s))
     running = len(records) - ended
     text = f"study: {ended}/{planned} trials ended" + (f" ({counts})" if counts else "") + f", {running} running"
-    metric = spec.metrics[0]
+    text += _best_text(spec, records, ended_ids)
+    if ended >= planned:
+        return text + "; done"
+    done = sum(len(record.rows) for record in records)
+    if done <= epochs_before or elapsed <= 0:
+        return text + "; ETA after the first epochs"
+    remaining = _epochs_to_run(spec, records, ended_ids, planned) / ((done - epochs_before) / elapsed)
+    return text + (f"; ETA ~{remaining / 60:.0f} min" if remaining >= 60 else f"; ETA ~{remaining:.0f} s")
+
+
+def _best_text(spec, records: list[TrialRecord], ended_ids: set) -> str:
+    metric, mode = spec.metrics[0], spec.modes[0]
     try:
         table = pd.DataFrame([trial_row(record) for record in records])
         best = best_trial(table, spec.metrics, spec.modes)
-        text += f"; best {metric} {best[metric]:.4g} (trial {best['trial_id']})"
     except (ValueError, KeyError):
-        text += "; no best trial yet"
-    if ended >= planned:
-        return text + "; done"
-    if ended_this_run == 0:
-        return text + "; ETA after the first trial ends"
-    remaining = elapsed / ended_this_run * (planned - ended)
-    return text + f"; ETA ~{remaining / 60:.0f} min" if remaining >= 60 else text + f"; ETA ~{remaining:.0f} s"
+        return "; no best trial yet"
+    text = f"; best {metric} {best[metric]:.4g} (trial {best['trial_id']}"
+    text += f", pruned after {best['epochs_run']:.0f} epoch(s))" if best["status"] == STATUS_PRUNED else ")"
+    running = table[~table["trial_id"].isin(ended_ids) & table[metric].notna()] if metric in table else table[:0]
+    if len(running):
+        leader = running.loc[running[metric].idxmin() if mode == "min" else running[metric].idxmax()]
+        if (leader[metric] < best[metric]) if mode == "min" else (leader[metric] > best[metric]):
+            text += f"; running trial {leader['trial_id']} at {leader[metric]:.4g} (epoch {leader['epochs_run']:.0f})"
+    return text
+
+
+def _epochs_to_run(spec, records: list[TrialRecord], ended_ids: set, planned: int) -> float:
+    plans = {record.trial_id: planned_epochs(spec, record.params) or spec.max_epochs or 1 for record in records}
+    finished = [record for record in records if record.trial_id in ended_ids]
+    # the share of its plan an ended trial ran (ASHA prunes most early); 1 before any ended
+    share = (sum(len(record.rows) for record in finished) / max(1, sum(plans[r.trial_id] for r in finished))
+             if finished else 1.0)
+    typical_plan = sum(plans.values()) / len(plans) if plans else (spec.max_epochs or 1)
+    running = sum(max(0.0, share * plans[record.trial_id] - len(record.rows))
+                  for record in records if record.trial_id not in ended_ids)
+    return running + share * typical_plan * max(0, planned - len(records))
 
 

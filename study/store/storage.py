@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from cvae.environment import ENDPOINT_ENV
+from study.store.patient_store import patient
+
 PARTIAL_SUFFIX = ".partial"  # a file still being written; never read, removed when a study resumes
 TUNER_STATE = "tuner.pkl"  # Tune's Tuner as built; the same study file and flags build it again
 SESSION_STAMP = re.compile(r"-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")  # Tune names each driver session's state files
@@ -149,7 +152,9 @@ def filesystem_of(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """
     if not is_uri(location):
         return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
-    return pyarrow.fs.FileSystem.from_uri(location)
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    parts = urllib.parse.urlsplit(location)  # the store: its scheme, bucket and address options, not the path
+    return patient(filesystem, f"{parts.scheme}://{parts.netloc}?{parts.query}"), path  # outages waited out
 
 
 def uri_of(storage_path: str, filesystem_path: str) -> str:
@@ -176,6 +181,21 @@ def within(location: str, root: str) -> bool:
         return False
     return (one.scheme, one.netloc, one.query) == (other.scheme, other.netloc, other.query) and (
         path == base or base in path.parents)
+
+
+def reached_through(uri: str, storage: str | None) -> str:
+    """A recorded URI as this reader reaches it: with the query (endpoint, scheme) of the storage URI the reader was
+    given, or, given none, without a recorded endpoint_override when AWS_ENDPOINT_URL names the store. A loopback
+    store restarted on new ports, or a store moved behind another address, keeps its studies readable."""
+    parts = urllib.parse.urlsplit(uri)
+    if storage and is_uri(storage):
+        given = urllib.parse.urlsplit(storage)
+        return urllib.parse.urlunsplit(parts._replace(query=given.query)) if given.scheme == parts.scheme else uri
+    if os.environ.get(ENDPOINT_ENV):
+        kept = [(key, value) for key, value in urllib.parse.parse_qsl(parts.query)
+                if key not in ("endpoint_override", "scheme")]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+    return uri
 
 
 def check_writable(location: str) -> str | None:
@@ -294,10 +314,13 @@ def folder_bytes(location: str) -> int:
     return sum(info.size or 0 for info in filesystem.get_file_info(selector) if info.type == pyarrow.fs.FileType.File)
 
 
-def storage_filesystem(storage_path: str) -> pyarrow.fs.FileSystem | None:
-    """The file system Tune writes `storage_path` through: atomic files on a local disk (or a mounted shared
-    one); None for a URI such as s3://, whose store pyarrow picks and which replaces objects whole anyway."""
-    return None if is_uri(storage_path) else pyarrow.fs.PyFileSystem(AtomicLocalFiles())
+def tune_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem]:
+    """The path and file system Tune writes `storage_path` through: atomic files on a local disk (or a mounted
+    shared one), so a killed driver leaves no torn state file; for a URI such as s3://, the store pyarrow picks,
+    reached patiently (its checkpoints and state wait out an outage), and the path within it (bucket/key)."""
+    if is_uri(storage_path):
+        return filesystem_of(storage_path)[1], filesystem_of(storage_path)[0]
+    return storage_path, pyarrow.fs.PyFileSystem(AtomicLocalFiles())
 
 
 def remove_partial_files(folder: str) -> int:

@@ -118,7 +118,7 @@ def local_study(location: str | Path) -> Path:
     """
     if not is_uri(str(location)):
         return Path(location)
-    from cvae.data import cache_dir
+    from cvae.environment import cache_dir
 
     location = str(location)
     digest = hashlib.sha256(location.encode()).hexdigest()[:12]

@@ -15,6 +15,7 @@ TRIALS_FILE, EPOCHS_FILE, SPEC_FILE, LOCK_FILE = "trials.csv", "epochs.csv", "st
 DETAILS_FILE, SAMPLES_FILE, SUMMARY_FILE, FIGURES_DIR = "details.csv", "samples.npz", "summary.md", "figures"
 PARAM_PREFIX = "param_"
 FLAGS_KEY = "flags"  # study.json: the command-line flags a --resume must repeat
+READER_STORAGE_KEY = "reader_storage"  # never written: the URI a reader opened the study by (its endpoint)
 STARTED_AT = "started_at"  # trials.csv column: when the trial first started (unix seconds)
 ERROR_KEY = "error"  # a trial's error message: a column of trials.csv, a key of the trainable's failure report
 RETRIES_KEY = "retries"  # trials.csv: why Tune restarted a trial from its checkpoint (a lost worker or node), "; "-joined

@@ -52,11 +52,13 @@ class Study:
             ValueError naming what is wrong (not a study, damaged tables, unreachable store).
         """
         from study.tables.mirror import local_study
-        from study.tables.records import FLAGS_KEY
+        from study.tables.records import FLAGS_KEY, READER_STORAGE_KEY
         from study.tables.table_files import load_results
 
         folder = local_study(location)
         trials, epochs, record = load_results(folder)
+        if is_uri(str(location)):  # its checkpoints are reached the way the reader reached the study
+            record = {**record, READER_STORAGE_KEY: str(location)}
         flags = record.get(FLAGS_KEY) if isinstance(record.get(FLAGS_KEY), dict) else {}
         storage = flags.get("storage_path") if isinstance(flags.get("storage_path"), str) else None
         try:

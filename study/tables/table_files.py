@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from cvae.metrics import CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, FID_SAMPLES, METRICS, REAL_PREFIX, TEST_PREFIX
-from study.tables.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX, RETRIES_KEY,
-                           SAMPLES_FILE, SPEC_FILE, STARTED_AT, STATUS_INTERRUPTED, STATUS_PRUNED, STATUSES, SUMMARY_FILE,
-                           TRIALS_FILE, TrialRecord, epoch_row, trial_params, trial_row)
-from study.store.storage import display, fetch_folder, is_uri, within
+from study.tables.records import (DETAILS_FILE, ENDED, EPOCHS_FILE, ERROR_KEY, FIGURES_DIR, FLAGS_KEY, PARAM_PREFIX,
+                                   READER_STORAGE_KEY, RETRIES_KEY, SAMPLES_FILE, SPEC_FILE, STARTED_AT,
+                                   STATUS_INTERRUPTED, STATUS_PRUNED, STATUSES, SUMMARY_FILE, TRIALS_FILE, TrialRecord,
+                                   epoch_row, trial_params, trial_row)
+from study.store.storage import display, fetch_folder, is_uri, reached_through, within
 
 
 def relative_path(folder: Path, path) -> str | None:
@@ -59,7 +60,9 @@ def replace_atomically(content: pd.DataFrame | str, path: Path) -> None:
 
 def write_trials(folder: Path, records: list[TrialRecord]) -> pd.DataFrame:
     """Rewrite trials.csv (one row per trial) atomically."""
-    trials = _relocatable(pd.DataFrame([trial_row(record) for record in records]), folder)
+    # no trial yet still writes a header: an empty file is what a CSV reader refuses ("No columns to parse")
+    trials = _relocatable(pd.DataFrame([trial_row(record) for record in records]) if records
+                          else pd.DataFrame(columns=["trial_id", "status"]), folder)
     folder.mkdir(parents=True, exist_ok=True)
     replace_atomically(trials, folder / TRIALS_FILE)
     return trials
@@ -68,7 +71,8 @@ def write_trials(folder: Path, records: list[TrialRecord]) -> pd.DataFrame:
 def write_tables(folder: Path, records: list[TrialRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write trials.csv and epochs.csv whole and atomically (the end of a run: one row per trial-epoch)."""
     trials = write_trials(folder, records)
-    epochs = pd.DataFrame([epoch_row(record, row) for record in records for row in record.rows])
+    rows = [epoch_row(record, row) for record in records for row in record.rows]
+    epochs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["trial_id", "epoch"])
     replace_atomically(epochs, folder / EPOCHS_FILE)
     return trials, epochs
 
@@ -77,17 +81,35 @@ class EpochLog:
     """epochs.csv while a study runs: append-only, one line per reported epoch, on disk before it is printed.
 
     Appending is O(1) per epoch and a single write() of a whole line, so a SIGKILL leaves no half row. A row
-    with a column the file lacks rewrites it once with the wider header (rare: a study's keys are fixed).
+    with a column the file lacks rewrites it once with the wider header (rare: a study's keys are fixed). The
+    header is read again whenever the file was replaced since (write_tables at the end of a run, a resume): a row
+    laid out for the old header would leave a table that a CSV reader refuses or misreads.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.columns: list[str] | None = None
-        if self.path.is_file() and self.path.stat().st_size:
-            with self.path.open(newline="") as handle:
-                self.columns = next(csv.reader(handle), None)
+        self.identity = None
+        self._read_header()
+
+    def _read_header(self) -> None:
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            self.columns, self.identity = None, None
+            return
+        self.identity = (status.st_ino, status.st_dev)
+        with self.path.open(newline="") as handle:
+            self.columns = next(csv.reader(handle), None) if status.st_size else None
 
     def append(self, row: dict) -> None:
+        try:
+            status = self.path.stat()
+            current = (status.st_ino, status.st_dev)
+        except FileNotFoundError:
+            current = None
+        if current != self.identity:  # replaced (or removed) by another writer since the header was read
+            self._read_header()
         if self.columns is None or set(row) - set(self.columns):
             self._widen(row)
             return
@@ -105,7 +127,7 @@ class EpochLog:
         frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(frame, self.path)
-        self.columns = list(frame.columns)
+        self._read_header()
 
 
 def _missing(value) -> bool:
@@ -316,7 +338,7 @@ def checkpoint_within(folder: Path, path, spec: dict) -> Path:
     storage = (spec.get(FLAGS_KEY) or {}).get("storage_path") if isinstance(spec.get(FLAGS_KEY), dict) else None
     storage = storage if isinstance(storage, str) and storage else None
     if is_uri(resolved):
-        return _fetch_checkpoint(resolved, storage)
+        return _fetch_checkpoint(resolved, storage, spec.get(READER_STORAGE_KEY))
     roots = [Path(folder).resolve()] + ([Path(storage).resolve()] if storage and not is_uri(storage) else [])
     real = Path(os.path.realpath(resolved))
     if not any(real == root or root in real.parents for root in roots):
@@ -325,15 +347,16 @@ def checkpoint_within(folder: Path, path, spec: dict) -> Path:
     return resolved
 
 
-def _fetch_checkpoint(uri: str, storage: str | None) -> Path:
-    """A remote checkpoint of the study's own storage, copied into the local cache (once)."""
-    from cvae.data import cache_dir
+def _fetch_checkpoint(uri: str, storage: str | None, reader_storage: str | None = None) -> Path:
+    """A remote checkpoint of the study's own storage, copied into the local cache (once), reached through the
+    storage the reader was given (storage.reached_through), not necessarily the endpoint it was recorded with."""
+    from cvae.environment import cache_dir
 
     if not (storage and is_uri(storage) and within(uri, storage)):
         raise ValueError(f"checkpoint {display(uri)[:200]!r} lies outside the study's storage path; a received "
                          "results folder cannot point elsewhere")
     try:
-        return fetch_folder(uri, cache_dir() / "checkpoints")
+        return fetch_folder(reached_through(uri, reader_storage), cache_dir() / "checkpoints")
     except (OSError, ValueError) as error:
         raise ValueError(f"checkpoint {display(uri)[:200]} cannot be read from its store "
                          f"({' '.join(str(error).split())[:160]})") from None
