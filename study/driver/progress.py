@@ -238,7 +238,8 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, epochs_before
     done = sum(len(record.rows) for record in records)
     if done <= epochs_before or elapsed <= 0:
         return text + "; ETA after the first epochs"
-    remaining = _epochs_to_run(spec, records, ended_ids, planned) / ((done - epochs_before) / elapsed)
+    epochs = max(_epochs_to_run(spec, records, ended_ids, planned), 1.0)  # a running trial has one epoch at least
+    remaining = epochs / ((done - epochs_before) / elapsed)
     return text + (f"; ETA ~{remaining / 60:.0f} min" if remaining >= 60 else f"; ETA ~{remaining:.0f} s")
 
 

@@ -19,7 +19,10 @@ OUTAGE_LIMIT_S = 600.0
 FIRST_CONTACT_LIMIT_S = 5.0
 _REACHED: set[str] = set()  # the stores (scheme, address, options) that answered this process
 FIRST_DELAY_S, MAX_DELAY_S = 0.5, 10.0
-CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S = 5.0, 30.0  # a request to a store gone silent fails, and is retried
+# A connection attempt gives up after CONNECT_TIMEOUT_S and is retried. pyarrow applies the request timeout as a
+# socket read timeout on Windows and macOS only: on Linux a request to a store gone silent waits until it answers
+# (StoreWatch says so on the console).
+CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S = 5.0, 30.0
 # pyarrow's S3 errors when the store does not answer, or answers that it is busy or broken for now. A missing
 # object or a refused credential is an answer: never retried.
 TRANSIENT = ("NETWORK_CONNECTION", "couldn't connect", "connection refused", "connection reset", "timed out",
@@ -53,9 +56,9 @@ class Outages:
         """One line for the console, or None when the store always answered."""
         if not self.retried:
             return None
-        return (f"storage: the store did not answer for up to {self.longest_s:.0f} s, {self.retried} time(s); "
+        return (f"storage: the store was away for up to {self.longest_s:.0f} s ({self.retried} time(s)); "
                 + (f"{self.given_up} request(s) gave up after {OUTAGE_LIMIT_S:.0f} s" if self.given_up else
-                   "every write was retried until it went through"))
+                   "every request waited or was retried until it went through"))
 
 
 OUTAGES = Outages()
