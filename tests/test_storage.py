@@ -228,16 +228,6 @@ def test_a_study_recorded_through_an_endpoint_that_moved_is_read_through_the_one
         checkpoint_within(tmp_path, join(live, "elsewhere", "checkpoint_000001"), {**spec, READER_STORAGE_KEY: live})
 
 
-def _answers(endpoint: str) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"http://{endpoint}/status", timeout=2)
-    except OSError as error:
-        return bool(getattr(error, "code", None))  # an HTTP error is an answer
-    return True
-
-
 def _start_object_store_command(folder, *flags):
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     command = subprocess.Popen([sys.executable, "-m", "study.object_store", str(folder), *flags], env=environment,
@@ -253,7 +243,7 @@ def test_the_local_object_store_command_makes_credentials_and_stops_its_server_w
     cannot be caught, the server ends with it. A fixed --port keeps the URI the same across restarts."""
     import pyarrow.fs
 
-    from study.store.loopback_store import free_ports
+    from study.store.loopback_store import answers, free_ports
 
     command, lines = _start_object_store_command(tmp_path / "store")
     try:
@@ -270,20 +260,20 @@ def test_the_local_object_store_command_makes_credentials_and_stops_its_server_w
     finally:
         if command.poll() is None:
             command.kill()
-    assert not _answers(endpoint)  # stop() waited for the server to end
+    assert not answers(endpoint)  # stop() waited for the server to end
 
     port = free_ports(1)[0]
     command, lines = _start_object_store_command(tmp_path / "store", "--port", str(port))
     try:
-        assert lines[0].startswith(f"object store on 127.0.0.1:{port};") and _answers(f"127.0.0.1:{port}"), lines
+        assert lines[0].startswith(f"object store on 127.0.0.1:{port};") and answers(f"127.0.0.1:{port}"), lines
         assert f"endpoint_override=127.0.0.1:{port}" in lines[3]
     finally:
         command.kill()
         command.wait()
     deadline = time.monotonic() + 60
-    while _answers(f"127.0.0.1:{port}") and time.monotonic() < deadline:
+    while answers(f"127.0.0.1:{port}") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _answers(f"127.0.0.1:{port}")  # the server ended with its killed parent
+    assert not answers(f"127.0.0.1:{port}")  # the server ended with its killed parent
 
 
 def test_the_local_object_store_command_refuses_a_port_it_cannot_use(tmp_path):

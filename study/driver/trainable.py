@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 
-import pyarrow.fs
 import ray
 from ray import tune
 
@@ -20,7 +19,7 @@ from cvae.runtime import native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
 from study.tables.records import ERROR_KEY, STATUS_ERROR
-from study.store.storage import is_disk_full
+from study.store.storage import checkpoints_beside, is_disk_full
 
 
 VERBOSE = os.environ.get(VERBOSE_ENV) == "1"  # the driver runs with --verbose (it sets this in Ray's worker environment)
@@ -125,13 +124,11 @@ def download_whole_checkpoint(restored, folder: str) -> str:
     """
     if _download_whole(restored, folder):
         return folder
-    filesystem, parent = restored.filesystem, restored.path.rstrip("/").rpartition("/")[0]
-    found = filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
-    siblings = sorted((info.path for info in found if info.type == pyarrow.fs.FileType.Directory
-                       and info.base_name.startswith("checkpoint_")), reverse=True)
-    for index, sibling in enumerate(siblings):
-        candidate = os.path.join(os.path.dirname(folder), f"sibling_{index}")
-        if sibling != restored.path.rstrip("/") and _download_whole(tune.Checkpoint(sibling, filesystem), candidate):
+    own = restored.path.rstrip("/")
+    parent, _, own_name = own.rpartition("/")
+    for index, name in enumerate(reversed(checkpoints_beside(restored.filesystem, own))):  # newest first
+        sibling, candidate = f"{parent}/{name}", os.path.join(os.path.dirname(folder), f"sibling_{index}")
+        if name != own_name and _download_whole(tune.Checkpoint(sibling, restored.filesystem), candidate):
             print(f"checkpoint {restored.path} is not whole (a driver was killed while Tune replaced it); "
                   f"continuing from {sibling}", file=sys.stderr, flush=True)
             return candidate

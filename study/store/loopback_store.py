@@ -38,6 +38,15 @@ def _end_with_parent() -> None:
         pass  # not Linux: a killed starter leaves its store running
 
 
+def answers(endpoint: str) -> bool:
+    """Whether an S3 gateway answers on `endpoint` (host:port) now: any HTTP answer, even 4xx, is one."""
+    try:
+        urllib.request.urlopen(f"http://{endpoint}/status", timeout=2)
+    except OSError as error:
+        return bool(getattr(error, "code", None))
+    return True
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports free on 127.0.0.1 right now (held open together, so no two are the same)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -98,18 +107,12 @@ class LocalObjectStore:
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{self.endpoint}/status", timeout=2)
-                return
-            except OSError as error:
-                if getattr(error, "code", None):  # an HTTP answer (even 4xx): the S3 gateway is up
-                    return
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    tail = (self.folder / "weed.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"weed mini did not answer on {self.endpoint}: {tail}") from None
-                time.sleep(0.5)
+        while not answers(self.endpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.folder / "weed.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"weed mini did not answer on {self.endpoint}: {tail}")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

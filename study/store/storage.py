@@ -221,13 +221,18 @@ def beside(location: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/").rpartition("/")[0] + "/" + name))
 
 
-def kept_checkpoints(checkpoint: str) -> list[str]:
-    """Every checkpoint_* folder beside a trial's chosen one (--keep-checkpoints keeps several), local or remote."""
-    filesystem, path = filesystem_of(checkpoint)
+def checkpoints_beside(filesystem: pyarrow.fs.FileSystem, path: str) -> list[str]:
+    """The names of the checkpoint_* folders in the folder that holds `path` (a path within `filesystem`), sorted:
+    oldest first (Tune numbers them with zero-padded epochs)."""
     parent = path.rstrip("/").rpartition("/")[0]
     found = filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
-    return sorted(beside(checkpoint, info.base_name) for info in found
+    return sorted(info.base_name for info in found
                   if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+
+
+def kept_checkpoints(checkpoint: str) -> list[str]:
+    """Every checkpoint_* folder beside a trial's chosen one (--keep-checkpoints keeps several), local or remote."""
+    return [beside(checkpoint, name) for name in checkpoints_beside(*filesystem_of(checkpoint))]
 
 
 def strip_training_state_at(checkpoint: str) -> int:
@@ -319,7 +324,8 @@ def tune_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem]:
     shared one), so a killed driver leaves no torn state file; for a URI such as s3://, the store pyarrow picks,
     reached patiently (its checkpoints and state wait out an outage), and the path within it (bucket/key)."""
     if is_uri(storage_path):
-        return filesystem_of(storage_path)[1], filesystem_of(storage_path)[0]
+        filesystem, path = filesystem_of(storage_path)
+        return path, filesystem
     return storage_path, pyarrow.fs.PyFileSystem(AtomicLocalFiles())
 
 
