@@ -10,6 +10,7 @@ CACHE_DIR_ENV = "CVAE_CACHE_DIR"  # reference classifiers, parsed digits, fetche
 OFFLINE_ENV = "CVAE_OFFLINE"  # "1": skip the keras download attempt (the study driver sets it once it failed)
 FALLBACK_NOTED_ENV = "CVAE_FALLBACK_NOTED"  # "1": the study driver already told the user about the data's fallback
 VERBOSE_ENV = "CVAE_VERBOSE"  # "1" in a trial worker's environment: the study runs with --verbose
+LEASE_ENV = "CVAE_LEASE_SECONDS"  # how long a storage study's driver lease lasts unrenewed (study/store/lease.py)
 
 # TensorFlow's and Keras'.
 TF_LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"  # TensorFlow's C++ log level: 2 hides its info and warning lines

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import time
 import warnings
 
 from cvae.environment import RAY_ADDRESS_ENV
 from cvae.command_line import DATA_FLAGS, ArgumentParser, add_config_flags, exit_with, refuse
 from study.driver.checks import (RunRequest, check_same_study, check_study_folder, prepare, restore_from_storage,
-                                 take_lock)
+                                 take_lease, take_lock)
 from study.driver.ending import Outcome, end_run, stop_for_disk
 from study.driver.inputs import DriverData, read_data, ship_inputs
 from study.driver.launch import start_study
@@ -64,6 +65,9 @@ def parse_args(argv, prog: str = "python study/run.py"):
                         help="parent of results/<name> (default results/; in a Ray job ~/cvae-study-results, as the "
                         "job's working folder is replaced while it runs)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    parser.add_argument("--take-over", action="store_true",
+                        help="for a study in an object store: take its lease now from a driver you know is gone "
+                        "(without it, a killed driver's lease runs out after CVAE_LEASE_SECONDS, default 60)")
     parser.add_argument("--mlflow", metavar="URI", help="also log every trial as an MLflow run (params, per-epoch "
                         "metrics, status, chosen checkpoint) in this tracking store, e.g. sqlite:///mlflow.db; "
                         "needs pip install -e '.[mlflow]'")
@@ -92,7 +96,9 @@ def run(request: RunRequest) -> Outcome:
     study = prepare(request)
     data = read_data(study.spec)  # input checks first; what depends on the study folder's state waits for its lock
     lock = take_lock(study)
+    lease = None
     try:
+        lease = take_lease(request, study, on_lost=stop_for_lost_lease)
         if request.resume and study.kept_in_storage:
             restore_from_storage(study)  # a resume on a machine without the tables
         rebuild_tuner_state = check_study_folder(request, study)
@@ -100,7 +106,15 @@ def run(request: RunRequest) -> Outcome:
             check_same_study(request, study)
         return run_study(request, study, data, rebuild_tuner_state)
     finally:
+        if lease is not None:
+            lease.release()
         lock.release()
+
+
+def stop_for_lost_lease(why: str) -> None:
+    """Another driver took the study over: say so and stop as on Ctrl-C (every write to the store is refused)."""
+    print(f"stopping: {why}; nothing more is written to the study's storage", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def stop_like_ctrl_c(signum, frame) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow  # hundreds of subprocesses (each command's own st
 BASE = REPO / "results" / "reference" / "grey_warmup"  # a real study's tables, details and samples (no checkpoints)
 MAX_RSS_MB = 1500  # a command's peak memory on any of these folders
 MAX_ADDRESS_SPACE = 6 << 30  # and a hard limit the kernel enforces (TensorFlow's import alone reserves ~2 GB)
+HUNG_S = 300  # a command still running after this long (not on CPU: it waits on something) is killed
 SENTINEL = "a file outside the results folder that no command may read or change\n"
 
 
@@ -80,6 +82,18 @@ def _sparse(name, size):
     def mutate(folder, outside):
         with open(folder / name, "r+b") as handle:
             handle.truncate(size)  # no disk used: only its size is read before it is refused
+    return mutate
+
+
+def _not_plain(name, make):
+    """`name` replaced by another kind of file: a named pipe (a read that never ends), a folder, a plain file."""
+    def mutate(folder, outside):
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        make(path)
     return mutate
 
 
@@ -148,6 +162,14 @@ CASES = {
     "samples of the wrong shape": (_npz(final__x=np.zeros((10, 5, 27, 28), np.uint8)), REPORT, "not a sample grid"),
     "samples as floats": (_npz(final__x=np.zeros((10, 5, 28, 28))), REPORT, "not a sample grid"),
     "samples without a kind": (_npz(plain=np.zeros((10, 5, 28, 28), np.uint8)), REPORT, "not a sample grid"),
+    "epochs.csv a named pipe": (_not_plain("epochs.csv", os.mkfifo), BEST, "named pipe"),
+    "details.csv a named pipe": (_not_plain("details.csv", os.mkfifo), REPORT, "named pipe"),
+    "study.json a named pipe": (_not_plain("study.json", os.mkfifo), REPORT, "named pipe"),
+    "samples.npz a named pipe": (_not_plain("samples.npz", os.mkfifo), REPORT, "named pipe"),
+    "a figure a named pipe": (_not_plain("figures/model_metrics.png", os.mkfifo), REPORT, "named pipe"),
+    "trials.csv a folder": (_not_plain("trials.csv", Path.mkdir), BEST, "a folder"),
+    "summary.md a folder": (_not_plain("summary.md", Path.mkdir), REPORT, "a folder"),
+    "figures a file": (_not_plain("figures", Path.touch), REPORT, "not a folder"),
     "checkpoint up and out": (_checkpoint("../../outside"), SAMPLE, "outside the results folder"),
     "checkpoint absolute": (_checkpoint("/etc"), SAMPLE, "outside the results folder"),
     "checkpoint through a link": (_checkpoint_link, SAMPLE, "outside the results folder"),
@@ -168,7 +190,10 @@ def run_case(name, root):
     with open(case / "stdout", "w+") as stdout, open(case / "stderr", "w+") as stderr:
         process = subprocess.Popen([sys.executable, *command, str(folder)], cwd=REPO, stdout=stdout, stderr=stderr,
                                    text=True, stdin=subprocess.DEVNULL, preexec_fn=_bounded)
+        stuck = threading.Timer(HUNG_S, process.kill)  # a read that never ends (a pipe) fails the case, not the run
+        stuck.start()
         _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory, not the largest child's so far
+        stuck.cancel()
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - started
         stdout.seek(0), stderr.seek(0)
@@ -193,8 +218,8 @@ def results(tmp_path_factory):
         return dict(zip(CASES, pool.map(lambda name: run_case(name, root), CASES)))
 
 
-def test_the_corpus_covers_at_least_40_damaged_or_hostile_folders():
-    assert len(CASES) >= 40
+def test_the_corpus_covers_at_least_48_damaged_or_hostile_folders():
+    assert len(CASES) >= 48
     assert BASE.is_dir() and not (BASE / "tune").exists()
 
 

@@ -280,3 +280,82 @@ def test_the_local_object_store_command_refuses_a_port_it_cannot_use(tmp_path):
     result = subprocess.run([sys.executable, "-m", "study.object_store", str(tmp_path / "store"), "--port", "80"],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2 and result.stderr == "error: --port 80 must be in [1024, 65535]\n", result.stderr
+
+
+# A trial worker: the store's file system as Tune ships it (pickled, carrying the driver's fence) writes one object.
+WORKER_WRITE = textwrap.dedent("""
+    import pickle, sys
+    filesystem, path = pickle.loads(bytes.fromhex(sys.argv[1]))
+    try:
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(b"from a worker")
+    except PermissionError as error:
+        print("refused:", error)
+        sys.exit(3)
+""")
+
+
+def test_a_lease_keeps_a_second_driver_out_and_fences_the_driver_that_lost_it(object_store, monkeypatch):
+    """On the real store (SeaweedFS honours If-None-Match and If-Match): one driver's lease refuses a second one,
+    naming it; --take-over bumps the fence; after that the first driver, and a trial worker of it, cannot change
+    any object of the study; a released lease, or one left to run out by the store's clock, is taken without asking."""
+    import pickle
+
+    from study.store import lease as leases
+    from study.store import patient_store
+    from study.store.storage import filesystem_of, join, read_bytes, write_bytes
+
+    monkeypatch.setattr(patient_store, "FENCE", None)
+    monkeypatch.setattr(leases, "_HELD", None)
+    for wrong in ("soon", "2", "nan"):
+        monkeypatch.setenv("CVAE_LEASE_SECONDS", wrong)
+        with pytest.raises(ValueError, match="must be a number of seconds from 5 to 3600"):
+            leases.lease_seconds()
+    monkeypatch.delenv("CVAE_LEASE_SECONDS")
+    study = object_store("leased")
+    assert leases.honours_conditional_writes(study)
+    lost = []
+    first = leases.Lease(study, seconds=5, on_lost=lost.append).acquire()
+    second = leases.Lease(study, seconds=5)
+    try:
+        assert first.fence == 1 and patient_store.FENCE == leases.Fence(first.path, 1)
+        tables = join(study, "tables", "trials.csv")
+        write_bytes(tables, b"first driver")  # the holder writes
+        filesystem, path = filesystem_of(tables)  # made while the first driver holds the lease: it carries fence 1
+        shipped = pickle.dumps((filesystem, path)).hex()
+        worker = subprocess.run([sys.executable, "-c", WORKER_WRITE, shipped], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        with pytest.raises(leases.LeaseHeld, match=f"pid {os.getpid()} on "):
+            second.acquire()
+        second.acquire(take_over=True)
+        assert second.fence == 2 and not lost
+        write_bytes(tables, b"second driver")
+        with pytest.raises(leases.FencedOut):  # the first driver's next renewal finds the study taken over
+            first.renew()
+        assert lost and "lost the study" in lost[0] and first.lost
+        monkeypatch.setattr(patient_store, "FENCE", leases.Fence(first.path, 1))  # back in the first driver's process
+        monkeypatch.setattr(leases, "_HELD", first)
+        with pytest.raises(PermissionError, match="lost the study"):
+            with filesystem.open_output_stream(path) as stream:  # the first driver's own file system
+                stream.write(b"fenced out")
+        worker = subprocess.run([sys.executable, "-c", WORKER_WRITE, shipped], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert worker.returncode == 3 and "taken over by another driver (fence 2" in worker.stdout, worker.stderr
+        assert read_bytes(tables) == b"second driver"  # nothing the fenced-out writers sent got in
+        monkeypatch.setattr(patient_store, "FENCE", leases.Fence(second.path, 2))
+        monkeypatch.setattr(leases, "_HELD", second)
+        second.release()
+        third = leases.Lease(study, seconds=5).acquire()  # a released lease: no wait, no --take-over
+        assert third.fence == 3
+        third.stop.set()  # its driver dies: no renewal, no release
+        third.thread.join()
+        with pytest.raises(leases.LeaseHeld, match="runs out"):
+            leases.Lease(study, seconds=5).acquire()
+        time.sleep(5.5)  # the store's clock, not ours, says when it ran out
+        fourth = leases.Lease(study, seconds=5).acquire()
+        assert fourth.fence == 4
+        fourth.release()
+    finally:
+        first.stop.set()
+        second.release()

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cvae.environment import LEASE_ENV
+
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
 
@@ -138,12 +140,22 @@ def _read(path):
 EPOCH_LINE = re.compile(r"\] (\w+) epoch (\d+)/")
 
 
-def _start(space, tmp_path, log_name, *extra, results=None):
-    """A driver in its own session, its console in tmp_path/log_name, its results under `results` (tmp_path)."""
+def _start(space, tmp_path, log_name, *extra, results=None, hidden=(), env=None):
+    """A driver in its own session, its console in tmp_path/log_name, its results under `results` (tmp_path); with
+    `hidden`, on a machine of its own (_own_machine)."""
     log = open(tmp_path / log_name, "w")
-    return subprocess.Popen([sys.executable, "study/run.py", "--space", str(space), "--results-dir",
-                             str(results or tmp_path), *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    command = [sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(results or tmp_path), *extra]
+    return subprocess.Popen(_own_machine(command, hidden) if hidden else command, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _own_machine(command, hidden):
+    """`command` in a mount namespace of its own in which each `hidden` folder is an empty tmpfs (another machine's
+    disk, and its own /tmp/ray); the same process id (unshare and sh exec it). Needs root, as CI has."""
+    assert shutil.which("unshare"), "needs util-linux's unshare (root)"
+    script = ('while [ "$1" != -- ]; do mkdir -p "$1" && mount -t tmpfs tmpfs "$1" || exit 97; shift; done; shift; '
+              'exec "$@"')
+    return ["unshare", "--mount", "sh", "-c", script, "sh", *map(str, hidden), "--", *command]
 
 
 def _printed_epochs(path):
@@ -666,8 +678,10 @@ def test_a_full_disk_stops_the_study_in_one_line_and_resume_continues(tmp_path, 
 
 def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, object_store, write_space, tiny_fixed,
                                                                   noise_in):
-    """Tune's storage on a real S3-compatible store (SeaweedFS): the driver is SIGKILLed mid-study and its results
-    folder deleted; `--resume` on a fresh folder restores the tables from the store and finishes with every epoch
+    """Tune's storage on a real S3-compatible store (SeaweedFS), two drivers on two "machines" (mount namespaces that
+    see neither the other's results folder nor its Ray): while the first runs, the second is refused by the study's
+    lease, naming the first; the first is SIGKILLed mid-study and its lease still refuses until it runs out (by the
+    store's clock); then `--resume` on the second restores the tables from the store and finishes with every epoch
     once and no new trial; checkpoints are full URIs, weights-only in the store; every trial carries the study's
     classifier SHA-256; best.py, sample.py and report.py read the study by its URI."""
     storage = object_store("studies")
@@ -681,22 +695,39 @@ def test_a_study_in_an_object_store_resumes_from_the_store_alone(tmp_path, objec
         scheduler: {{type: fifo, max_epochs: 3}}
     """)
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    driver = _start(space, tmp_path, "first.log", "--storage-path", storage, results=first_dir)
+    lease_s = 10
+    short_lease = {**os.environ, LEASE_ENV: str(lease_s)}
+    driver = _start(space, tmp_path, "first.log", "--storage-path", storage, results=first_dir,
+                    hidden=(second_dir, "/tmp/ray"), env=short_lease)
+    second = [sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(second_dir),
+              "--storage-path", storage, "--resume"]
     try:
         def second_epoch_logged():
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
             epochs = _read(first_dir / "stored" / "epochs.csv")
             return True if epochs is not None and len(epochs) >= 2 else None
         _wait_for(second_epoch_logged, 400, "two epochs of the first driver")
+        refused = subprocess.run(_own_machine(second, (first_dir, "/tmp/ray")), cwd=REPO, capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr[-3000:]
+        line = refused.stderr.strip()
+        assert "\n" not in line and f"is held by a driver (pid {driver.pid} on " in line and "--take-over" in line, line
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray: the machine is gone
         driver.wait()
+    killed = time.monotonic()
     printed = _printed_epochs(tmp_path / "first.log")
     seen_ids = {trial for trial, _ in printed}
-    shutil.rmtree(first_dir)
-    resumed = subprocess.run([sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(second_dir),
-                              "--storage-path", storage, "--resume"], cwd=REPO, capture_output=True, text=True,
-                             timeout=600)
+    early = subprocess.run(_own_machine(second, (first_dir, "/tmp/ray")), cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    if early.returncode == 2:  # the dead driver's lease still holds the study
+        assert "runs out" in early.stderr, early.stderr[-3000:]
+        time.sleep(max(0.0, killed + lease_s + 1 - time.monotonic()))
+        resumed = subprocess.run(_own_machine(second, (first_dir, "/tmp/ray")), cwd=REPO, capture_output=True,
+                                 text=True, timeout=600)
+    else:  # only a machine so busy that the lease had run out before this driver asked for it
+        assert time.monotonic() - killed > lease_s, early.stdout[-2000:] + early.stderr[-3000:]
+        resumed = early
     console = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, console[-4000:]
     assert "restored the study's tables from s3://" in resumed.stdout and not noise_in(console), console[-3000:]

@@ -52,6 +52,7 @@ class RunRequest:
     optuna_storage: str | None = None  # an Optuna database URL
     mlflow: str | None = None  # an MLflow tracking URI
     resume: bool = False
+    take_over: bool = False  # take a storage study's lease from a driver that holds it (one known to be gone)
     verbose: bool = False
     keep_checkpoints: int = 1
     reuse_actors: bool = True
@@ -192,12 +193,51 @@ def take_lock(study: Study):
         raise Refusal(f"cannot lock {study.folder} ({error.strerror or error})") from None
 
 
+def take_lease(request: RunRequest, study: Study, on_lost):
+    """For a study kept in an object store, its lease (one driver anywhere, study.store.lease), or a Refusal naming
+    the driver that holds it; None for a study on a local disk (the folder's lock is enough) or a store that cannot
+    keep drivers apart (one warning says what is not protected). `on_lost(why)` is called once if another driver
+    takes the study over while this one runs."""
+    import urllib.parse
+
+    from study.store.lease import Lease, LeaseHeld, honours_conditional_writes
+    from study.store.storage import display, is_uri
+
+    if not is_uri(study.storage):
+        return None
+    unprotected = ("two drivers on two machines are not kept apart and a driver that lost the study is not "
+                   "stopped from writing to it: run one driver per storage study")
+    if urllib.parse.urlsplit(study.storage).scheme != "s3":
+        print(f"warning: only s3:// stores get a driver lease; {unprotected}", file=sys.stderr, flush=True)
+        return None
+    try:
+        if not honours_conditional_writes(study.storage):
+            print(f"warning: the store of {display(study.storage)} does not honour conditional writes "
+                  f"(If-None-Match, If-Match); {unprotected}", file=sys.stderr, flush=True)
+            return None
+        return Lease(study.experiment, on_lost=on_lost).acquire(take_over=request.take_over)
+    except LeaseHeld as error:
+        raise Refusal(f"{display(study.experiment)} is {error}; wait for it, stop it, or pass --take-over once "
+                      "you know it is gone") from None
+    except ValueError as error:  # CVAE_LEASE_SECONDS
+        raise Refusal(str(error)) from None
+    except Exception as error:  # noqa: BLE001 (boto3's errors: credentials, bucket, endpoint)
+        raise Refusal(f"cannot take the study's lease in {display(study.experiment)} "
+                      f"({' '.join(str(error).split())[:160]})") from None
+
+
 def check_study_folder(request: RunRequest, study: Study) -> bool:
     """A new study must not overwrite one; --resume needs one, made from the same study name, whose Tune state a
     kill did not cut short. Returns whether Tune's tuner.pkl was cut short (the one state file rebuilt)."""
     from study.store.storage import TUNER_STATE, damaged_state_files, display, exists, join
 
+    from study.tables.table_files import check_own_files
+
     spec, results_dir, experiment = study.spec, study.folder, study.experiment
+    try:
+        check_own_files(results_dir)  # a pipe for a table would hold the driver forever, a link write elsewhere
+    except ValueError as error:
+        raise Refusal(str(error)) from None
     found = exists(join(experiment, TUNER_STATE))
     if request.resume and not found:
         raise Refusal(f"--resume: no study to continue at {display(experiment)}; run without --resume first")

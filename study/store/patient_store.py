@@ -18,6 +18,9 @@ OUTAGE_LIMIT_S = 600.0
 # within seconds (a study's probe at start, a reader given an old endpoint).
 FIRST_CONTACT_LIMIT_S = 5.0
 _REACHED: set[str] = set()  # the stores (scheme, address, options) that answered this process
+# The study's fence (study.store.lease.Fence) while this process's driver holds its lease: every PatientFiles made
+# after carries it, to the trials too, and checks it before each write.
+FENCE = None
 FIRST_DELAY_S, MAX_DELAY_S = 0.5, 10.0
 # A connection attempt gives up after CONNECT_TIMEOUT_S and is retried. pyarrow applies the request timeout as a
 # socket read timeout on Windows and macOS only: on Linux a request to a store gone silent waits until it answers
@@ -173,6 +176,7 @@ class _UploadOnClose(io.RawIOBase):
         data = self.buffer.getvalue()
 
         def upload():
+            self.files._check_fence(f"writing {self.path}")
             with self.files.base.open_output_stream(self.path, metadata=self.metadata) as stream:
                 stream.write(data)
 
@@ -190,6 +194,23 @@ class PatientFiles(pyarrow.fs.FileSystemHandler):
     def __init__(self, base: pyarrow.fs.FileSystem, store: str):
         self.base, self.store = base, store
         self.reached = store in _REACHED
+        self.fence = FENCE
+
+    def _check_fence(self, what: str) -> None:
+        """A write goes ahead only while the study's driver holds its lease (study.store.lease.Fence)."""
+        fence = FENCE if FENCE is not None else self.fence
+        if fence is not None:
+            fence.check(self.base, what)
+
+    def __getstate__(self):
+        # A file system pickled into Tune's state by an earlier driver comes back with that driver's fence: this
+        # process's own, when it holds the lease, is what it hands to its trials.
+        return {**self.__dict__, "fence": FENCE if FENCE is not None else self.fence}
+
+    def _change(self, call, what: str):
+        """A request that changes the store: made only while the study's driver holds its lease."""
+        self._patiently(lambda: self._check_fence(what), what)
+        return self._patiently(call, what)
 
     def _patiently(self, call, what: str):
         known = self.reached or self.store in _REACHED
@@ -225,25 +246,25 @@ class PatientFiles(pyarrow.fs.FileSystemHandler):
         return self._patiently(lambda: self.base.get_file_info(selector), f"listing {selector.base_dir}")
 
     def create_dir(self, path, recursive):
-        self._patiently(lambda: self.base.create_dir(path, recursive=recursive), f"creating {path}")
+        self._change(lambda: self.base.create_dir(path, recursive=recursive), f"creating {path}")
 
     def delete_dir(self, path):
-        self._patiently(lambda: self.base.delete_dir(path), f"deleting {path}")
+        self._change(lambda: self.base.delete_dir(path), f"deleting {path}")
 
     def delete_dir_contents(self, path, missing_dir_ok=False):
-        self._patiently(lambda: self.base.delete_dir_contents(path, missing_dir_ok=missing_dir_ok), f"emptying {path}")
+        self._change(lambda: self.base.delete_dir_contents(path, missing_dir_ok=missing_dir_ok), f"emptying {path}")
 
     def delete_root_dir_contents(self):
         raise PermissionError("refusing to delete the contents of the store's root")
 
     def delete_file(self, path):
-        self._patiently(lambda: self.base.delete_file(path), f"deleting {path}")
+        self._change(lambda: self.base.delete_file(path), f"deleting {path}")
 
     def move(self, src, dest):
-        self._patiently(lambda: self.base.move(src, dest), f"moving {src}")
+        self._change(lambda: self.base.move(src, dest), f"moving {src}")
 
     def copy_file(self, src, dest):
-        self._patiently(lambda: self.base.copy_file(src, dest), f"copying {src}")
+        self._change(lambda: self.base.copy_file(src, dest), f"copying {src}")
 
     def _read(self, path) -> pyarrow.BufferReader:
         def read():

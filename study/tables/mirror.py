@@ -76,9 +76,12 @@ class StoreMirror:
             write(*args)
             self.failing = False
         except OSError as error:
+            from study.store.lease import FencedOut
+
             if not self.failing:
                 print(f"warning: the study's tables could not be copied to {display(self.root)} "
-                      f"({' '.join(str(error).split())[:160]}); the local tables are whole, the next copy retries",
+                      f"({' '.join(str(error).split())[:160]}); the local tables are whole"
+                      + ("" if isinstance(error, FencedOut) else ", the next copy retries"),
                       file=sys.stderr, flush=True)
             self.failing = True
 

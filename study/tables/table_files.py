@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -210,11 +211,11 @@ def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         ValueError if it is not one, or if its tables are truncated or disagree with each other.
     """
     folder = Path(folder)
+    check_own_files(folder)
     missing = [name for name in (TRIALS_FILE, SPEC_FILE) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a study results folder (missing {', '.join(missing)}); "
                          f"run python study/run.py --space FILE first")
-    check_own_files(folder)
     try:
         spec = json.loads((folder / SPEC_FILE).read_text())
         check_study_record(spec)
@@ -282,20 +283,38 @@ def load_details(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
 
 
 def check_own_files(folder: Path) -> None:
-    """Refuse a folder whose files are links (reading or writing them would reach outside it), or too large to be
-    a study's."""
+    """Refuse a folder whose files are links (reading or writing them would reach outside it), not plain files (a
+    pipe or a device blocks or never ends a read, a folder cannot be read or replaced), or too large to be a
+    study's."""
     for name in OWN_FILES:
         path = folder / name
         if path.is_symlink():
             raise ValueError(f"{path} is a symbolic link; a results folder holds its own files (nothing is read or "
                              "written outside it)")
+        if not path.exists():
+            continue
+        if name == FIGURES_DIR:
+            _check_plain(path, stat.S_ISDIR, "a folder")
+            for figure in path.iterdir():
+                if figure.is_symlink():
+                    raise ValueError(f"{path} holds symbolic links; a results folder holds its own files")
+                _check_plain(figure, stat.S_ISREG, "a plain file")
+            continue
+        _check_plain(path, stat.S_ISREG, "a plain file")
         limit = MAX_RECORD_BYTES if name == SPEC_FILE else MAX_TABLE_BYTES
-        if path.is_file() and path.stat().st_size > limit:
+        if path.stat().st_size > limit:
             raise ValueError(f"{path} is {path.stat().st_size / 1e6:.0f} MB, larger than a study's "
                              f"{name} can be ({limit / 1e6:.0f} MB)")
-    figures = folder / FIGURES_DIR
-    if figures.is_dir() and any(path.is_symlink() for path in figures.iterdir()):
-        raise ValueError(f"{figures} holds symbolic links; a results folder holds its own files")
+
+
+def _check_plain(path: Path, is_kind, kind: str) -> None:
+    mode = path.lstat().st_mode
+    if not is_kind(mode):
+        what = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                "a plain file")
+        raise ValueError(f"{path} is {what}, not {kind}; a results folder holds its tables, records and figures "
+                         "as plain files (delete it and run report.py, or receive the folder again)")
 
 
 def check_study_record(spec) -> None:
