@@ -230,7 +230,6 @@ def check_study_folder(request: RunRequest, study: Study) -> bool:
     """A new study must not overwrite one; --resume needs one, made from the same study name, whose Tune state a
     kill did not cut short. Returns whether Tune's tuner.pkl was cut short (the one state file rebuilt)."""
     from study.store.storage import TUNER_STATE, damaged_state_files, display, exists, join
-
     from study.tables.table_files import check_own_files
 
     spec, results_dir, experiment = study.spec, study.folder, study.experiment

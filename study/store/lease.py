@@ -320,5 +320,5 @@ def describe_holder(content: dict, age: float) -> str:
     """One line naming a lease's holder and when it runs out."""
     seconds = float(content.get("lease_s") or 0)
     who = f"pid {content.get('pid', '?')} on {content.get('host', '?')}, since {content.get('since', '?')}"
-    return (f"held by a driver ({who}; renewed {age:.0f} s ago, it runs out {max(seconds - age, 0):.0f} s after its "
-            "driver stops renewing it)")
+    return (f"held by a driver ({who}; renewed {age:.0f} s ago: if that driver is gone, its lease runs out in "
+            f"{max(seconds - age, 0):.0f} s)")
