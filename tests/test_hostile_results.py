@@ -51,15 +51,20 @@ def _spec(change):
     return mutate
 
 
-def _link(name, target_name="sentinel.txt"):
+def _replaced(name, make):
+    """`name` (a file or a folder) replaced by what `make(path, outside)` puts there."""
     def mutate(folder, outside):
         path = folder / name
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-        path.symlink_to(outside / target_name)
+        make(path, outside)
     return mutate
+
+
+def _link(name, target_name="sentinel.txt"):
+    return _replaced(name, lambda path, outside: path.symlink_to(outside / target_name))
 
 
 def _npz(**arrays):
@@ -87,14 +92,7 @@ def _sparse(name, size):
 
 def _not_plain(name, make):
     """`name` replaced by another kind of file: a named pipe (a read that never ends), a folder, a plain file."""
-    def mutate(folder, outside):
-        path = folder / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        make(path)
-    return mutate
+    return _replaced(name, lambda path, outside: make(path))
 
 
 def _deep_json(folder, outside):

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from study.store import patient_store
 from study.store.patient_store import patiently
@@ -54,6 +55,14 @@ def lease_seconds() -> float:
     if not low <= seconds <= high:
         raise ValueError(f"{LEASE_ENV}={text!r} must be a number of seconds from {low:.0f} to {high:.0f}")
     return seconds
+
+
+class Found(NamedTuple):
+    """A lease as the store holds it."""
+
+    content: dict
+    etag: str
+    age: float  # seconds since it was written, by the store's own clock
 
 
 def _is_condition_failed(error: Exception) -> bool:
@@ -105,8 +114,8 @@ class _Objects:
 
         return patiently(request, what)
 
-    def read(self, key: str) -> tuple[dict, str, float] | None:
-        """(content, ETag, age in s by the store's own clock) of a JSON object, or None when there is none."""
+    def read(self, key: str) -> Found | None:
+        """A JSON object with its ETag and age, or None when there is none."""
         import botocore.exceptions
 
         try:
@@ -122,7 +131,7 @@ class _Objects:
         date = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
         now = email.utils.parsedate_to_datetime(date) if date else None
         age = (now - answer["LastModified"]).total_seconds() if now else 0.0
-        return content, answer["ETag"], max(age, 0.0)
+        return Found(content, answer["ETag"], max(age, 0.0))
 
     def write(self, key: str, content: dict, *, create: bool = False, replacing: str | None = None) -> str:
         """Put a JSON object only if there is none (`create`) or only if it is still `replacing` (an ETag);
@@ -229,11 +238,11 @@ class Lease:
                     content, sent = self._content(1), time.monotonic()
                     self.etag = self.objects.write(self.key, content, create=True)
                 else:
-                    current, etag, age = found
-                    if not (take_over or current.get("released") or age >= float(current.get("lease_s", 0))):
-                        raise LeaseHeld(describe_holder(current, age))
+                    current = found.content
+                    if not (take_over or current.get("released") or found.age >= float(current.get("lease_s", 0))):
+                        raise LeaseHeld(describe_holder(found))
                     content, sent = self._content(int(current.get("fence") or 0) + 1), time.monotonic()
-                    self.etag = self.objects.write(self.key, content, replacing=etag)
+                    self.etag = self.objects.write(self.key, content, replacing=found.etag)
             except botocore.exceptions.ClientError as error:
                 if _is_condition_failed(error):
                     continue
@@ -246,7 +255,7 @@ class Lease:
             self.thread.start()
             return self
         found = self.objects.read(self.key)
-        raise LeaseHeld(describe_holder(*found[::2]) if found else "the study's lease changes hands too often")
+        raise LeaseHeld(describe_holder(found) if found else "the study's lease changes hands too often")
 
     def renew(self) -> None:
         """Replace the lease by the same holder (If-Match: its ETag); FencedOut when another driver took it."""
@@ -262,15 +271,15 @@ class Lease:
                 if not _is_condition_failed(error):
                     raise
                 found = self.objects.read(self.key)
-                if found and found[0] == self.content:  # our own renewal went through, its answer was lost
-                    self.etag = found[1]
+                if found and found.content == self.content:  # our own renewal went through, its answer was lost
+                    self.etag = found.etag
                 else:
                     self._lose(found)
                     raise FencedOut(self.lost) from None
             self.fresh_until = sent + self.seconds * (1 - 1 / RENEWALS_PER_LEASE)
 
     def _lose(self, found) -> None:
-        holder = describe_holder(found[0], found[2]) if found else "its lease object was deleted"
+        holder = describe_holder(found) if found else "its lease object was deleted"
         self.lost = f"this driver lost the study to another driver: {holder}"
         if self.on_lost is not None:
             self.on_lost(self.lost)
@@ -316,8 +325,9 @@ class Lease:
             self.etag = None
 
 
-def describe_holder(content: dict, age: float) -> str:
+def describe_holder(found: Found) -> str:
     """One line naming a lease's holder and when it runs out."""
+    content, age = found.content, found.age
     seconds = float(content.get("lease_s") or 0)
     who = f"pid {content.get('pid', '?')} on {content.get('host', '?')}, since {content.get('since', '?')}"
     return (f"held by a driver ({who}; renewed {age:.0f} s ago: if that driver is gone, its lease runs out in "

@@ -176,12 +176,11 @@ class _UploadOnClose(io.RawIOBase):
         data = self.buffer.getvalue()
 
         def upload():
-            self.files._check_fence(f"writing {self.path}")
             with self.files.base.open_output_stream(self.path, metadata=self.metadata) as stream:
                 stream.write(data)
 
         try:
-            self.files._patiently(upload, f"writing {self.path}")
+            self.files._change(upload, f"writing {self.path}")
         finally:
             super().close()  # once: a write that gave up raises here, not again when collected
 
@@ -208,9 +207,13 @@ class PatientFiles(pyarrow.fs.FileSystemHandler):
         return {**self.__dict__, "fence": FENCE if FENCE is not None else self.fence}
 
     def _change(self, call, what: str):
-        """A request that changes the store: made only while the study's driver holds its lease."""
-        self._patiently(lambda: self._check_fence(what), what)
-        return self._patiently(call, what)
+        """A request that changes the store: each attempt made only while the study's driver holds its lease (a
+        retry after a long outage checks again)."""
+        def fenced():
+            self._check_fence(what)
+            return call()
+
+        return self._patiently(fenced, what)
 
     def _patiently(self, call, what: str):
         known = self.reached or self.store in _REACHED
