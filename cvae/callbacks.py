@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from cvae.checkpoint import latest_checkpoint, save_checkpoint
-from cvae.data import evaluation_batches
+from cvae.data import EVALUATION_BATCH, evaluation_batches
 from cvae.losses import grey_weight_for_epoch
 from cvae.metrics import (CAS, CHECKPOINT_KEY, CLASSIFIER_ACCURACY, CLASSIFIER_SHA256, ELBO, METRICS,
                           STATUS_COMPLETED, STATUS_DIVERGED, STATUS_RUNNING, TEST_PREFIX, TRAIN_METRICS,
@@ -80,7 +81,7 @@ class EpochEnd(keras.callbacks.Callback):
     def measure_test(self) -> dict:
         """The finished model on the test split, once: the numbers a study reports (selection never saw them)."""
         run = self.run
-        terms = self.model.evaluate(evaluation_batches(run.data.test), verbose=0, return_dict=True)
+        terms = self.loss_terms(run.data.test)
         sample = evaluate_decoder(self.model.decoder, run.test_evaluation(), run.classifier)
         started = time.perf_counter()
         cas = self.measure_cas()
@@ -88,11 +89,21 @@ class EpochEnd(keras.callbacks.Callback):
                 **{TEST_PREFIX + name: value for name, value in sample.items()},
                 CAS: cas, "cas_seconds": time.perf_counter() - started}
 
+    def loss_terms(self, split) -> dict:
+        """The model's loss terms on a split, the mean of its batches' means. Keras' evaluate runs the model's own
+        test_step on tensorflow only (on jax, where fused members are measured, it calls a stateless step of its own
+        that this model does not define), so other backends average the batches here, as evaluate does."""
+        if keras.backend.backend() == "tensorflow":
+            return self.model.evaluate(evaluation_batches(split), verbose=0, return_dict=True)
+        conditions = split.conditions()
+        batches = [self.model.compute_losses(split.images[start:start + EVALUATION_BATCH],
+                                             conditions[start:start + EVALUATION_BATCH], training=False)
+                   for start in range(0, len(split), EVALUATION_BATCH)]
+        return {name: float(np.mean([float(batch[name]) for batch in batches])) for name in batches[0]}
+
     def measure_cas(self) -> float:
         """CAS: a fresh classifier trained on cas_samples images drawn for balanced classes at thickness values of
         the training split (fixed seeds), scored on the real test split; NaN when cas_samples is 0."""
-        import numpy as np
-
         from cvae.classifier import classification_accuracy_score
         from cvae.data import NUM_CLASSES, make_conditions
 

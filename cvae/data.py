@@ -423,7 +423,10 @@ def prepare_data(
                         test=split(test_index), stats=stats, source=raw.source)
 
 
-def evaluation_batches(split: Split, batch_size: int = 500):
+EVALUATION_BATCH = 500  # images per batch wherever a split's loss terms are measured (a mean of batch means)
+
+
+def evaluation_batches(split: Split, batch_size: int = EVALUATION_BATCH):
     """A split as a tf.data pipeline of (images, conditions) for Model.evaluate / validation."""
     import tensorflow as tf
 

@@ -15,6 +15,7 @@ LEASE_ENV = "CVAE_LEASE_SECONDS"  # how long a storage study's driver lease last
 # TensorFlow's and Keras'.
 TF_LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"  # TensorFlow's C++ log level: 2 hides its info and warning lines
 KERAS_HOME_ENV = "KERAS_HOME"  # keras' cache folder (~/.keras): full MNIST is looked for in datasets/mnist.npz
+KERAS_BACKEND_ENV = "KERAS_BACKEND"  # read at Keras' import: tensorflow (trials), jax (fused trials, cvae/fused.py)
 
 # Ray's: read by Ray when it is imported or starts, so the driver sets them before that.
 RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray binds and advertises 127.0.0.1 only

@@ -12,6 +12,9 @@ from cvae.metrics import TRAIN_METRICS
 LOSS_TERMS = TRAIN_METRICS  # the tracked loss terms are the reported training metrics (named in cvae.metrics)
 
 
+SAMPLING_LAYER = "z"  # the encoder's Sampling layer
+
+
 @keras.saving.register_keras_serializable(package="cvae")
 class Sampling(layers.Layer):
     """z = mean + exp(log_var / 2) * eps, with its own seed generator (saved and restored with the model).
@@ -25,11 +28,15 @@ class Sampling(layers.Layer):
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The evaluation noise's seed while a fused program (cvae.fused) traces its members: each member's own, as a
+        # traced value, in place of the template model's `seed`; None everywhere else.
+        self.fused_evaluation_seed = None
 
     def call(self, inputs, training=False):
         z_mean, z_log_var = inputs
+        evaluation_seed = self.seed or 0 if self.fused_evaluation_seed is None else self.fused_evaluation_seed
         noise = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,  # bf16 under mixed precision
-                                    seed=self.seed_generator if training else self.seed or 0)
+                                    seed=self.seed_generator if training else evaluation_seed)
         return z_mean + ops.exp(0.5 * z_log_var) * noise
 
     def get_config(self):
@@ -87,7 +94,7 @@ def build_encoder(latent_dim=40, width=1.0, dropout=0.45, l2=0.001, seed=0) -> k
     x = layers.Concatenate(name="encoder_with_shortcut")([x, shortcut])
     z_mean = dense(latent_dim, "z_mean", activation=None)(x)
     z_log_var = dense(latent_dim, "z_log_var", activation=None)(x)
-    z = Sampling(seed=seeds.take(), name="z")([z_mean, z_log_var])
+    z = Sampling(seed=seeds.take(), name=SAMPLING_LAYER)([z_mean, z_log_var])
     return keras.Model([image, condition], [z_mean, z_log_var, z], name="encoder")
 
 
@@ -134,8 +141,14 @@ class CVAE(keras.Model):
         _, _, z = self.encoder([images, conditions], training=training)
         return self.decoder([z, conditions], training=training)
 
-    def compute_losses(self, images, conditions, training):
-        """Batch means of every loss term; `loss` adds the weighted grey term and the L2 penalties."""
+    def compute_losses(self, images, conditions, training, grey_weight=None, grey_threshold=None):
+        """Batch means of every loss term; `loss` adds the weighted grey term and the L2 penalties.
+
+        grey_weight and grey_threshold default to the model's own; a fused program (cvae.fused) passes each member's
+        as traced values, so members that differ in them share one compiled program.
+        """
+        grey_weight = self.grey_weight if grey_weight is None else grey_weight
+        grey_threshold = self.grey_threshold if grey_threshold is None else grey_threshold
         images = ops.expand_dims(ops.cast(images, "float32"), -1)
         conditions = ops.convert_to_tensor(conditions, "float32")
         z_mean, z_log_var, z = self.encoder([images, conditions], training=training)
@@ -144,10 +157,10 @@ class CVAE(keras.Model):
         terms = {
             "reconstruction": ops.mean(reconstruction_loss(images, reconstructions)),
             "kl": ops.mean(kl_loss(ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32"))),
-            "grey": ops.mean(grey_loss(reconstructions, self.grey_threshold)),
+            "grey": ops.mean(grey_loss(reconstructions, grey_threshold)),
         }
         penalty = ops.sum(self.encoder.losses) + ops.sum(self.decoder.losses)
-        terms["loss"] = terms["reconstruction"] + terms["kl"] + self.grey_weight * terms["grey"] + penalty
+        terms["loss"] = terms["reconstruction"] + terms["kl"] + grey_weight * terms["grey"] + penalty
         return terms
 
     def _update_trackers(self, terms):

@@ -195,7 +195,8 @@ def outcome(run: TrainingRun) -> dict:
 # ---------------------------------------------------------------- command line
 
 
-def _parse_assignment(text: str) -> tuple[str, object]:
+def parse_assignment(text: str) -> tuple[str, object]:
+    """--set KEY=VALUE: the value as JSON, else as a plain string."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
@@ -206,6 +207,21 @@ def _parse_assignment(text: str) -> tuple[str, object]:
 
 
 TRAIN_FLAGS = (*DATA_FLAGS, "epochs", "seed")
+METRICS_FILE = "metrics.csv"  # a run folder's table: one row per epoch
+
+
+def metrics_writer(csv_path: Path, epochs: int, label: str = "") -> Callable[[dict], None]:
+    """A report that appends each epoch's row to csv_path and prints one line (`label` first)."""
+    import pandas as pd
+
+    def write_row(metrics: dict) -> None:
+        # Appended every epoch, so an interrupted run keeps what it measured.
+        row = pd.DataFrame([{k: v for k, v in metrics.items() if k != CHECKPOINT_KEY}])
+        row.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "val_loss", "fid", "class_accuracy") if k in metrics)
+        print(f"{label}epoch {metrics['epoch']}/{epochs}: {shown}", flush=True)
+
+    return write_row
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> int:
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
     )
     parser.add_argument("--preset", default="model_4", choices=sorted(PRESETS), help="reference experiment to start from")
     add_config_flags(parser, TRAIN_FLAGS)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_assignment,
+    parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_assignment,
                         metavar="KEY=VALUE", help="any other TrialConfig field, e.g. --set latent_dim=16 (repeatable)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -238,17 +254,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m cvae.train") -> i
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json())
 
-    import pandas as pd
-
-    csv_path = out / "metrics.csv"
-
-    def write_row(metrics: dict) -> None:
-        # Appended every epoch, so an interrupted run keeps what it measured.
-        row = pd.DataFrame([{k: v for k, v in metrics.items() if k != CHECKPOINT_KEY}])
-        row.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
-        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "val_loss", "fid", "class_accuracy") if k in metrics)
-        print(f"epoch {metrics['epoch']}/{config.epochs}: {shown}", flush=True)
-
+    csv_path = out / METRICS_FILE
+    write_row = metrics_writer(csv_path, config.epochs)
     print(f"training {args.preset} on {config.dataset}; resuming from {resume_from}" if resume_from
           else f"training {args.preset} on {config.dataset}", flush=True)
     from cvae.runtime import import_tensorflow_quietly

@@ -16,7 +16,7 @@ LAYERS = (
     ("commands",),  # study/run.py, best.py, sample.py, report.py, commands.py, object_store.py
 )
 COMMANDS = {"study.run", "study.best", "study.sample", "study.report", "study.commands", "study.object_store",
-            "cvae.train", "cvae.sample", "cvae.command_line"}  # modules that may end the process (a command's main)
+            "cvae.train", "cvae.sample", "cvae.fused", "cvae.command_line"}  # modules that may end the process (a command's main)
 NOT_IN_CVAE = ("study", "ray", "optuna", "yaml")
 
 
