@@ -138,7 +138,8 @@ def main() -> None:
         if result is None:
             break
         lines.append(table_line("fused", count, result["images_per_s"], one_trial, tensorflow)
-                     + f"; compiled in {result['ready_s']:.0f} s, first timed loss {result['first_timed_loss']:.1f}")
+                     + f"; ready after {result['ready_s']:.0f} s (build, compile, one untimed epoch); "
+                     f"first timed loss {result['first_timed_loss']:.1f}")
         print(lines[-1], flush=True)
     print("\nsummary")
     print("\n".join(lines))
