@@ -44,8 +44,15 @@ def test_the_study_line_names_a_pruned_best_and_a_better_running_trial_and_count
 
     records = [TrialRecord("cut", {"grey_weight": 0.1}, rows(90.0, 80.0, last="pruned"), pruned=True),
                TrialRecord("busy", {"grey_weight": 0.2}, rows(70.0, 50.0, 40.0, last="running"))]
-    line = study_status(spec, records, {"cut"}, epochs_before=0, elapsed=50.0)
+    line = study_status(spec, records, {"cut"}, epochs_before=0, elapsed=25.0)
     assert "best fid 80 (trial cut, pruned after 2 epoch(s)); running trial busy at 40 (epoch 3)" in line, line
-    # 5 epochs in 50 s; the ended trial ran 2 of its 8: the running one is past that share, 2 more trials at 2 each
-    assert line.endswith("; ETA ~40 s"), line
-    assert study_status(spec, records, {"cut"}, epochs_before=5, elapsed=50.0).endswith("ETA after the first epochs")
+    # 5 epochs in 25 s; the ended trial ran 2 of its 8, so 2 more trials are expected to run 2 each; the running one
+    # is past where that one stopped, so no ended trial says when it stops: its plan, 5 more. 9 epochs: 45 s
+    assert line.endswith("; ETA ~45 s"), line
+    assert study_status(spec, records, {"cut"}, epochs_before=5, elapsed=25.0).endswith("ETA after the first epochs")
+    # once a trial that got as far ran 6, a trial at epoch 3 expects 3 more (not the pruned trials' length); 2 trials
+    # to come at 8/16 of their plan, 4 each: 11 epochs at 11 in 55 s
+    records.append(TrialRecord("far", {"grey_weight": 0.3}, rows(*[60.0] * 6, last="completed")))
+    line = study_status(SimpleNamespace(**{**vars(spec), "planned_trials": 5}), records, {"cut", "far"},
+                        epochs_before=0, elapsed=55.0)
+    assert line.endswith("; ETA ~55 s"), line

@@ -222,9 +222,10 @@ def study_status(spec, records: list[TrialRecord], ended_ids: set, epochs_before
 
     A trial counts as ended once Tune has ended it (`ended_ids`), not when its last epoch arrives. A best that
     rests on fewer epochs (pruned) says so, and a running trial already better is named beside it. The ETA counts
-    epochs, not trials: the epochs still to run (a trial is expected to run as long as the ended ones did, relative
-    to its plan; its plan before any ended) at this run's pace in epochs per second; early ASHA prunes no longer
-    swing it by the length of a trial.
+    epochs, not trials: the epochs still to run at this run's pace in epochs per second — a trial to come as long as
+    the ended ones ran, relative to its plan (its plan before any ended), a running trial as long as the ended ones
+    that got as far as it has (its plan if none did: a trial past ASHA's rungs is not about to be pruned); early
+    ASHA prunes no longer swing it by the length of a trial.
     """
     statuses = [trial_status(record) for record in records if record.trial_id in ended_ids]
     planned = max(spec.planned_trials, len(records))
@@ -264,11 +265,19 @@ def _epochs_to_run(spec, records: list[TrialRecord], ended_ids: set, planned: in
     plans = {record.trial_id: planned_epochs(spec, record.params) or spec.max_epochs or 1 for record in records}
     finished = [record for record in records if record.trial_id in ended_ids]
     # the share of its plan an ended trial ran (ASHA prunes most early); 1 before any ended
-    share = (sum(len(record.rows) for record in finished) / max(1, sum(plans[r.trial_id] for r in finished))
-             if finished else 1.0)
+    shares = [len(record.rows) / plans[record.trial_id] for record in finished]
+    share = sum(len(record.rows) for record in finished) / max(1, sum(plans[r.trial_id] for r in finished)) \
+        if finished else 1.0
     typical_plan = sum(plans.values()) / len(plans) if plans else (spec.max_epochs or 1)
-    running = sum(max(0.0, share * plans[record.trial_id] - len(record.rows))
+    running = sum(_remaining(len(record.rows), plans[record.trial_id], shares)
                   for record in records if record.trial_id not in ended_ids)
     return running + share * typical_plan * max(0, planned - len(records))
+
+
+def _remaining(done: int, plan: int, shares: list[float]) -> float:
+    """A running trial's expected epochs still to run: as long as the ended trials that got as far as it did (a
+    trial past ASHA's early rungs is no longer expected to stop at the average pruned length), else its plan."""
+    survivors = [share * plan for share in shares if share * plan >= done]
+    return max(0.0, (sum(survivors) / len(survivors) if survivors else plan) - done)
 
 
