@@ -38,6 +38,19 @@ def native_stderr_to(path: str | os.PathLike, verbose: bool = False):
 TENSORFLOW_STARTUP_LOG = "tensorflow_startup.log"  # a command's TensorFlow start-up lines, in the cache folder
 
 
+@contextlib.contextmanager
+def warnings_as_notes(log=print):
+    """Warnings raised inside (e.g. the data's fallback to the embedded sample) said after it, each once, as a
+    `note:` line of the command's own (its first sentence), not as Python's two-line warning with a source line."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(warning.message).split(". ")[0] for warning in caught):
+        log(f"note: {message}")
+
+
 def import_tensorflow_quietly(verbose: bool = False) -> None:
     """Import TensorFlow and let it probe its devices with its start-up lines sent to the cache folder's
     tensorflow_startup.log (on the console when verbose): oneDNN, CUDA and absl notices, and `failed call to

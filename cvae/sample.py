@@ -9,7 +9,7 @@ import numpy as np
 
 from cvae.command_line import ArgumentParser, add_verbose_flag, exit_with, fail
 from cvae.data import NUM_CLASSES
-from cvae.runtime import import_tensorflow_quietly
+from cvae.runtime import import_tensorflow_quietly, warnings_as_notes
 from cvae.drawing import (SampleError, add_title, check_request, draw_grid, label_grid, load_generator,
                           read_digit_image, redraw_in_style, save_png, tile)
 
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from cvae.classifier import classifier_for
 
-            classifier = classifier_for(config)
+            with warnings_as_notes():  # e.g. the data's fallback: one line of ours
+                classifier = classifier_for(config)
             _, predicted = classifier.predict(style[None])
             digit = int(predicted[0])
             redrawn = redraw_in_style(encoder, decoder, stats, style, digit)

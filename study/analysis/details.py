@@ -3,7 +3,6 @@ finished trial's per-class thickness sweep (details.csv) and sample grids (sampl
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +63,13 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
         best_folder = None
     if not todo and best_folder is None:
         return details, grids
-    from cvae.runtime import import_tensorflow_quietly
+    from cvae.runtime import import_tensorflow_quietly, warnings_as_notes
 
     import_tensorflow_quietly(verbose)  # TensorFlow: only when there is something to draw
     from cvae.diagnostics import describe_checkpoint
 
     rows = []
-    with warnings.catch_warnings(record=True) as caught:  # e.g. the data's fallback, met once per checkpoint
-        warnings.simplefilter("always")
+    with warnings_as_notes(log):  # e.g. the data's fallback, met once per checkpoint
         for number, (trial_id, checkpoint) in enumerate(todo, 1):
             log(f"[{number}/{len(todo)}] {trial_id}: sweep and samples")  # its checkpoint is in trials.csv
             profile, grid = describe_checkpoint(checkpoint)
@@ -80,8 +78,6 @@ def collect_details(folder: Path, trials: pd.DataFrame, spec: dict, refresh: boo
         if best_folder is not None:
             log(f"best trial {best['trial_id']}: samples from its best checkpoint")
             grids[sample_key(BEST, best["trial_id"])] = describe_checkpoint(best_folder)[1]
-    for message in dict.fromkeys(str(warning.message).split(". ")[0] for warning in caught):
-        log(f"note: {message}")  # each once, as a line of the report's own
     if rows:
         details = pd.concat([details, pd.DataFrame(rows)], ignore_index=True)
     details.to_csv(folder / DETAILS_FILE, index=False)
