@@ -34,7 +34,7 @@ class Sampling(layers.Layer):
 
     def call(self, inputs, training=False):
         z_mean, z_log_var = inputs
-        evaluation_seed = self.seed or 0 if self.fused_evaluation_seed is None else self.fused_evaluation_seed
+        evaluation_seed = (self.seed or 0) if self.fused_evaluation_seed is None else self.fused_evaluation_seed
         noise = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,  # bf16 under mixed precision
                                     seed=self.seed_generator if training else evaluation_seed)
         return z_mean + ops.exp(0.5 * z_log_var) * noise
