@@ -13,10 +13,10 @@ import numpy as np
 from cvae.command_line import (DATA_FLAGS, ArgumentParser, add_config_flags, add_verbose_flag, config_overrides,
                                exit_with)
 from cvae.config import PRESETS, TrialConfig, preset
-from cvae.train import parse_assignment
 from cvae.data import EVALUATION_BATCH
 from cvae.environment import KERAS_BACKEND_ENV
 from cvae.metrics import STATUS_COMPLETED, STATUS_DIVERGED, TRAIN_METRICS, VALIDATION_PREFIX
+from cvae.train import parse_assignment
 
 # Keras (cvae.model, cvae.losses) is imported on first use, not here: `python -m cvae.fused` chooses its backend first.
 
