@@ -189,7 +189,7 @@ def train_fused(members: list[Member], slots: int | None = None, refill: Callabl
     if not waiting:
         return ended
     check_fusable([member.config for member in waiting])
-    program = _Group(slots or len(waiting), inputs)
+    program = FusedGroup(slots or len(waiting), inputs)
     while True:
         while program.free_slot() is not None and (waiting or refill):
             member = waiting.pop(0) if waiting else refill()
@@ -203,8 +203,8 @@ def train_fused(members: list[Member], slots: int | None = None, refill: Callabl
         ended.extend(program.run_epoch())
 
 
-class _Group:
-    """A FusedProgram, its members by slot and the arrays they train on."""
+class FusedGroup:
+    """A FusedProgram, its members by slot and the arrays they train on (train_fused's, and a study's group actor's)."""
 
     def __init__(self, slots: int, inputs):
         self.slots, self.inputs = slots, inputs
@@ -256,12 +256,14 @@ class _Group:
             return True
         return False
 
-    def run_epoch(self) -> list[Member]:
-        """One fused epoch, then each active member measured, checkpointed and reported; returns those that ended."""
+    def run_epoch(self, ready: set[int] | None = None) -> list[Member]:
+        """One fused epoch of the members in the `ready` slots (default: every member; the others keep their state
+        and their epoch count), each then measured, checkpointed and reported; returns those that ended."""
         from cvae.callbacks import EpochEnd
         from cvae.losses import grey_weight_for_epoch
 
-        active = np.array([member is not None for member in self.members])
+        active = np.array([member is not None and (ready is None or slot in ready)
+                           for slot, member in enumerate(self.members)])
         configs = [member.config if member is not None else None for member in self.members]
         numbers = [self.epochs[slot] + 1 for slot in range(self.slots)]
         grey_weights = np.array([grey_weight_for_epoch(number, config.grey_weight, config.warmup_epochs)
@@ -278,7 +280,7 @@ class _Group:
                                                    thresholds)
         shared_seconds = time.perf_counter() - started
         ended = []
-        for slot in self.active_members():
+        for slot in np.flatnonzero(active).tolist():
             member = self.members[slot]
             self.program.store(slot, member.run.model)
             member.run.model.grey_weight.assign(grey_weights[slot])

@@ -52,6 +52,9 @@ def parse_args(argv, prog: str = "python study/run.py"):
                         "NAME_more, which study/report.py pools with it (--pool)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (TensorFlow threads follow it)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.5)")
+    parser.add_argument("--fuse", type=int, metavar="K", help="train up to K trials of one shape as one JAX program "
+                        "(overrides resources.fuse; cpu/gpu and --max-concurrent then count programs; pays on a GPU: "
+                        "benchmarks/README.md)")
     parser.add_argument("--address", default=os.environ.get(RAY_ADDRESS_ENV),
                         help="join an existing Ray cluster (HEAD_IP:6379; default $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--storage-path", help="where Tune keeps trials and checkpoints: a folder every node can "
@@ -134,6 +137,10 @@ def run_study(request: RunRequest, study: Study, data: DriverData, rebuild_tuner
         from study.driver.tracking import MlflowTracker
 
         trackers = (MlflowTracker(request.mlflow, study.spec.name),)
+    if study.spec.fuse > 1:
+        from study.driver.fused_groups import FusedPrograms
+
+        trackers = (*trackers, FusedPrograms(study.spec.name))
     inputs = ship_inputs(study, data.dataset, mirror)
     tuner = make_tuner(request, study, inputs, mirror, trackers, rebuild_tuner_state)
     started = time.time()

@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from study.driver.adapters import (NODE_LOST, WORKER_LOST, error_message, last_failure, run_config_of,
-                                   searcher_has_finished, searcher_trial, tell_searcher, worker_loss_cause)
+from study.driver.adapters import (NODE_LOST, WORKER_LOST, enqueue_partial, error_message, last_failure,
+                                   run_config_of, searcher_has_finished, searcher_trial, tell_searcher,
+                                   worker_loss_cause)
 
 
 def _searcher(storage=None):
@@ -37,6 +38,15 @@ def test_a_trial_told_pruned_is_pruned_in_optuna_and_finished_in_the_searcher():
     assert states() == [TrialState.PRUNED]
     searcher.on_trial_complete("a", {"loss": 1.0})  # OptunaSearch's own path now leaves it alone
     assert states() == [TrialState.PRUNED]
+
+
+def test_a_partly_enqueued_trial_takes_those_values_and_samples_the_rest():
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0), "k": optuna.distributions.IntDistribution(2, 64)}
+    searcher = OptunaSearch(space=space, metric="loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
+    enqueue_partial(searcher, {"k": 17})
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first["k"] == 17 and 0.0 <= first["x"] <= 1.0
+    assert second["k"] != 17  # only one trial was enqueued (the seeded sampler draws another k)
 
 
 class _Seen(tune.Callback):

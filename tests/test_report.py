@@ -16,32 +16,57 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory, study_cli, write_space, tiny_fixed):
-    """(models folder, grey folder): real Ray + Optuna + TF studies, one epoch or two on a few hundred digits."""
-    root = tmp_path_factory.mktemp("studies")
-    models = write_space(root, "tiny_models", f"""
-        name: tiny_models
+def tiny_studies(tmp_path_factory, studies_at_once, write_space, tiny_fixed):
+    """{name: (folder, driver's stdout)} of five tiny real Ray + Optuna + TF studies, run at once: a preset grid, a
+    grey-loss search, the grid's seed 2 as a study of its own and the grid with seeds 0-2 at once, and (in a root of
+    its own) a multi-objective search of the shipped pareto.yaml's kind."""
+    root, pareto_root = tmp_path_factory.mktemp("studies"), tmp_path_factory.mktemp("pareto")
+    grid = """
+        name: {name}
         fixed: {tiny_fixed}
         parameters:
           preset: {{values: [model_1, model_2]}}
-        search: {{algorithm: grid, repeats: 2, max_concurrent: 2}}
+        search: {{algorithm: grid, {seeds}, max_concurrent: 2}}
         scheduler: {{type: fifo, max_epochs: 1}}
-    """)
-    grey = write_space(root, "tiny_grey", f"""
-        name: tiny_grey
-        base: model_4
-        fixed: {tiny_fixed}
-        parameters:
-          grey_weight: {{distribution: log_uniform, low: 0.1, high: 3.0}}
-          warmup_epochs: {{distribution: int, low: 0, high: 1}}
-          condition_mode: {{values: [global, per_class]}}
-        search: {{algorithm: optuna, sampler: random, seed: 0, num_samples: 3, max_concurrent: 2}}
-        scheduler: {{type: fifo, max_epochs: 2}}
-    """)
-    for space in (models, grey):
-        result = study_cli("--space", space, results=root)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "tiny_models", root / "tiny_grey"
+    """
+    bodies = {
+        "tiny_models": (root, grid.format(name="tiny_models", tiny_fixed=tiny_fixed, seeds="repeats: 2")),
+        "tiny_grey": (root, f"""
+            name: tiny_grey
+            base: model_4
+            fixed: {tiny_fixed}
+            parameters:
+              grey_weight: {{distribution: log_uniform, low: 0.1, high: 3.0}}
+              warmup_epochs: {{distribution: int, low: 0, high: 1}}
+              condition_mode: {{values: [global, per_class]}}
+            search: {{algorithm: optuna, sampler: random, seed: 0, num_samples: 3, max_concurrent: 2}}
+            scheduler: {{type: fifo, max_epochs: 2}}
+        """),
+        "tiny_more": (root, grid.format(name="tiny_more", tiny_fixed=tiny_fixed, seeds="repeats: 1, first_seed: 2")),
+        "tiny_all": (root, grid.format(name="tiny_all", tiny_fixed=tiny_fixed, seeds="repeats: 3")),
+        "tiny_pareto": (pareto_root, f"""
+            name: tiny_pareto
+            base: model_4
+            fixed: {tiny_fixed}
+            parameters:
+              grey_weight: {{distribution: log_uniform, low: 0.05, high: 1.0}}
+              condition_mode: {{values: [global, per_class]}}
+            objective: {{metric: [fid, grey_fraction, thickness_mae], mode: [min, min, min]}}
+            search: {{algorithm: optuna, sampler: tpe, seed: 0, num_samples: 3, max_concurrent: 2}}
+            scheduler: {{type: fifo, max_epochs: 1}}
+        """),
+    }
+    jobs = [(write_space(folder, name, body), folder) for name, (folder, body) in bodies.items()]
+    results = studies_at_once(*jobs)
+    for (space, _), result in zip(jobs, results):
+        assert result.returncode == 0, (space.name, result.stdout[-3000:] + result.stderr[-3000:])
+    return {name: (folder / name, result.stdout) for (name, (folder, _)), result in zip(bodies.items(), results)}
+
+
+@pytest.fixture(scope="module")
+def studies(tiny_studies):
+    """(models folder, grey folder): a preset grid (2 presets x 2 seeds, 1 epoch) and a grey-loss search (3, 2)."""
+    return tiny_studies["tiny_models"][0], tiny_studies["tiny_grey"][0]
 
 
 def report(folder, *args):
@@ -149,23 +174,9 @@ def test_a_moved_study_folder_keeps_working(studies, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pareto_study(tmp_path_factory, study_cli, write_space, tiny_fixed):
+def pareto_study(tiny_studies):
     """(folder, driver's stdout) of a tiny real study of the shipped pareto.yaml's kind."""
-    root = tmp_path_factory.mktemp("pareto")
-    space = write_space(root, "tiny_pareto", f"""
-        name: tiny_pareto
-        base: model_4
-        fixed: {tiny_fixed}
-        parameters:
-          grey_weight: {{distribution: log_uniform, low: 0.05, high: 1.0}}
-          condition_mode: {{values: [global, per_class]}}
-        objective: {{metric: [fid, grey_fraction, thickness_mae], mode: [min, min, min]}}
-        search: {{algorithm: optuna, sampler: tpe, seed: 0, num_samples: 3, max_concurrent: 2}}
-        scheduler: {{type: fifo, max_epochs: 1}}
-    """)
-    result = study_cli("--space", space, results=root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "tiny_pareto", result.stdout
+    return tiny_studies["tiny_pareto"]
 
 
 def test_multi_objective_study_reports_its_front(pareto_study):
@@ -204,21 +215,9 @@ def test_front_examples_show_the_trade_off():
 
 
 @pytest.fixture(scope="module")
-def seed_studies(studies, study_cli, write_space, tiny_fixed):
+def seed_studies(tiny_studies):
     """(seed 2 of the tiny preset grid as a study of its own, the same grid run with seeds 0-2 at once)."""
-    root = studies[0].parent
-    for name, seeds in (("tiny_more", "repeats: 1, first_seed: 2"), ("tiny_all", "repeats: 3")):
-        space = write_space(root, name, f"""
-            name: {name}
-            fixed: {tiny_fixed}
-            parameters:
-              preset: {{values: [model_1, model_2]}}
-            search: {{algorithm: grid, {seeds}, max_concurrent: 2}}
-            scheduler: {{type: fifo, max_epochs: 1}}
-        """)
-        result = study_cli("--space", space, results=root)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "tiny_more", root / "tiny_all"
+    return tiny_studies["tiny_more"][0], tiny_studies["tiny_all"][0]
 
 
 def test_pooled_seeds_equal_one_study_with_all_the_seeds(studies, seed_studies, tmp_path):

@@ -82,6 +82,8 @@ BAD = [
     ("base: model_4", "base: model_4\nallow_weak_classifier: 1", "allow_weak_classifier must be true or false"),
     ("fixed: {dataset: mnist-5k}", "fixed: {dataset: cifar}", "fixed: dataset='cifar'; allowed: mnist"),
     ("high: 3.0}", "high: 3.0, bins: 4}", "parameters.grey_weight: unknown key 'bins'"),
+    ("gpu: 0}", "gpu: 0, fuse: 0}", "fuse must be an integer in [1, 64], got 0"),
+    ("gpu: 0}", "gpu: 0, fuse: 2.5}", "fuse must be an integer in [1, 64], got 2.5"),
 ]
 
 
@@ -142,6 +144,25 @@ def test_samplers_are_seeded(sampler):
         trial = study.ask(spec.optuna_distributions())
         first_points.append(trial.params)
     assert first_points[0] == first_points[1]
+
+
+def test_a_fused_search_fills_each_programs_free_slots_with_its_shape():
+    """fuse 4 on grey_loss (latent_dim fixes a program's shape): the trials that follow one of a new shape take its
+    latent_dim until its program is full; a trial that ends frees a slot, and the next one takes its shape."""
+    import optuna
+
+    from study.driver.search import make_searcher
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec("grey_loss.yaml").with_overrides(fuse=4, max_concurrent=2)
+    searcher = make_searcher(spec, None)  # a ConcurrencyLimiter of 8 (2 programs of 4) around the StudySearch
+    searcher.set_search_properties(metric="fid", mode="min", config={})
+    suggested = [searcher.suggest(str(index)) for index in range(8)]
+    latent = [params["latent_dim"] for params in suggested]
+    assert len(set(latent[:4])) == 1 and len(set(latent[4:])) == 1, latent  # the base point's program, then one more
+    assert len({params["grey_weight"] for params in suggested}) == 8  # the other parameters are still searched
+    searcher.on_trial_complete("5", {"fid": 1.0, "status": "completed"})
+    assert searcher.suggest("8")["latent_dim"] == latent[4]  # the freed slot's shape
 
 
 def test_gp_sampler_without_torch_is_a_clear_error(tmp_path):

@@ -25,6 +25,12 @@ def tell_searcher(searcher, trial_id: str, state) -> None:
     searcher._completed_trials.add(trial_id)
 
 
+def enqueue_partial(searcher, params: dict) -> None:
+    """Make Optuna's next trial take `params` and sample the rest (Optuna's enqueue_trial with some of the
+    parameters; OptunaSearch asks its study for each new trial: OptunaSearch._ot_study)."""
+    searcher._ot_study.enqueue_trial(params, skip_if_exists=False)
+
+
 def run_config_of(tuner):
     """The RunConfig a Tuner (built or restored) will run with: Tuner.restore takes no callbacks, so the study sets
     its own on this object (Tuner._local_tuner._run_config)."""

@@ -23,7 +23,8 @@ from study.spec.study_file import LIMITS, StudySpec, check_name, load_spec
 from study.store.storage import is_uri
 
 # run.py's whole-number flags: the study's own settings keep the study file's ranges
-FLAG_LIMITS = {**{key: LIMITS[key] for key in ("num_samples", "max_epochs", "max_concurrent", "repeats", "first_seed")},
+FLAG_LIMITS = {**{key: LIMITS[key] for key in ("num_samples", "max_epochs", "max_concurrent", "repeats", "first_seed",
+                                               "fuse")},
                "max_train_samples": (0, MAX_TRAIN_SAMPLES), "keep_checkpoints": (1, MAX_EPOCHS)}
 
 
@@ -44,6 +45,7 @@ class RunRequest:
     first_seed: int | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
+    fuse: int | None = None
     dataset: str | None = None  # the data flags override the study file's fixed: settings
     data_path: str | None = None
     max_train_samples: int | None = None
@@ -79,7 +81,10 @@ def prepare(request: RunRequest) -> Study:
     spec = spec.with_overrides(
         name=request.name, num_samples=request.num_samples, max_epochs=request.max_epochs,
         max_concurrent=request.max_concurrent, repeats=request.repeats, first_seed=request.first_seed,
-        cpu=request.cpus_per_trial, gpu=request.gpus_per_trial, **fixed)
+        cpu=request.cpus_per_trial, gpu=request.gpus_per_trial, fuse=request.fuse, **fixed)
+    if spec.fuse > 1 and importlib.util.find_spec("jax") is None:
+        raise Refusal(f"fuse {spec.fuse}: fused trials run on JAX, which is not installed: pip install -e '.[fused]' "
+                      "(or fuse 1: each trial on its own)")
     if spec.sampler == "gp" and spec.algorithm == "optuna" and importlib.util.find_spec("torch") is None:
         raise Refusal(f"{Path(spec.path).name}: search: sampler gp needs PyTorch (pip install torch); "
                       "without it use tpe, random, cmaes or nsga2")
@@ -299,7 +304,7 @@ def disk_needed_mb(spec, keep_checkpoints: int) -> float:
     width = max(widths or [spec.trial_config({}).width])
     weights = WEIGHTS_MB * width**2
     trials = len(spec.grid()) if spec.algorithm == "grid" else spec.num_samples
-    return spec.max_concurrent * (keep_checkpoints + 1) * 3 * weights + trials * keep_checkpoints * weights
+    return spec.concurrent_trials * (keep_checkpoints + 1) * 3 * weights + trials * keep_checkpoints * weights
 
 
 def check_free_space(spec, folder: Path, keep_checkpoints: int) -> None:

@@ -15,6 +15,14 @@ from study.tables.studies import Study
 from study.tables.table_files import save_spec
 
 
+def placement(spec) -> str:
+    """How the study's trials take the machine, for its first lines."""
+    if spec.fuse > 1:
+        return (f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per fused program of up to {spec.fuse} trials (JAX), up to "
+                f"{spec.max_concurrent} program{'s' if spec.max_concurrent > 1 else ''} at once")
+    return f"{spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once"
+
+
 def start_study(request: RunRequest, study: Study, trial_env: dict):
     """Ray joined or started (every worker gets `trial_env`), the study recorded (a new one) and announced; returns
     its StoreMirror (or None)."""
@@ -30,7 +38,7 @@ def start_study(request: RunRequest, study: Study, trial_env: dict):
             mirror.snapshot()
     print(f"study {spec.name}: {spec.description}\n  {spec.algorithm}"
           f"{'/' + spec.sampler if spec.algorithm == 'optuna' else ''}, objective {study.objective}, scheduler "
-          f"{spec.scheduler}, {spec.cpu:g} CPU / {spec.gpu:g} GPU per trial, up to {spec.max_concurrent} at once\n"
+          f"{spec.scheduler}, {placement(spec)}\n"
           f"  results: {study.folder}; trials and checkpoints: {study.experiment}", flush=True)
     if not is_uri(study.storage):
         check_free_space(spec, Path(study.storage), request.keep_checkpoints)

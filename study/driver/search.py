@@ -10,9 +10,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from cvae.fused import SHAPE_FIELDS
 from cvae.metrics import STATUS_COMPLETED
 from study.tables.records import STATUS_RUNNING
-from study.driver.adapters import searcher_has_finished, searcher_trial, tell_searcher
+from study.driver.adapters import enqueue_partial, searcher_has_finished, searcher_trial, tell_searcher
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,40 @@ def make_sampler(name: str, seed: int):
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that tells Optuna how each trial really ended.
+    """OptunaSearch that tells Optuna how each trial really ended, and in a fused study fills programs' free slots.
 
     Ray's OptunaSearch records a trial ASHA stopped early as COMPLETE with its last (low-fidelity) value, as if
     it had trained fully; here it is PRUNED (Optuna keeps its per-epoch values), a diverged trial FAIL, and only
     a trial that ran all its epochs COMPLETE.
+
+    Fused (`fuse` > 1, and a searched parameter fixes a program's shape, e.g. latent_dim): while a running
+    program of some shape has a free slot, the next trial takes that shape and Optuna samples only the other
+    parameters; otherwise Optuna samples all, and the trial starts a program of its own shape.
     """
 
+    def __init__(self, *args, fuse: int = 1, shape_parameters: tuple = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fuse, self.shape_parameters = fuse, tuple(shape_parameters)
+        self.running_shapes: dict[str, tuple] = {}  # trial id -> its values of shape_parameters, while it runs
+
+    def suggest(self, trial_id: str):
+        steering = self.fuse > 1 and bool(self.shape_parameters)
+        if steering and searcher_trial(self, trial_id) is None and (shape := self.shape_with_free_slot()):
+            enqueue_partial(self, dict(zip(self.shape_parameters, shape)))
+        params = super().suggest(trial_id)
+        if steering and isinstance(params, dict):
+            self.running_shapes[trial_id] = tuple(params[name] for name in self.shape_parameters)
+        return params
+
+    def shape_with_free_slot(self) -> tuple | None:
+        """A shape whose running trials do not fill whole programs (members join the first program with room)."""
+        counts: dict[tuple, int] = {}
+        for shape in self.running_shapes.values():
+            counts[shape] = counts.get(shape, 0) + 1
+        return next((shape for shape, count in counts.items() if count % self.fuse), None)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self.running_shapes.pop(trial_id, None)
         status = (result or {}).get("status")
         if (error or status == STATUS_COMPLETED or searcher_trial(self, trial_id) is None
                 or searcher_has_finished(self, trial_id)):
@@ -72,8 +99,9 @@ def make_searcher(spec, storage: str | None):
         sampler=make_sampler(spec.sampler, spec.seed),
         study_name=spec.name,
         storage=open_storage(storage) if storage else None,
+        fuse=spec.fuse, shape_parameters=tuple(p.name for p in spec.parameters if p.name in SHAPE_FIELDS),
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrent_trials)
 
 
 def make_scheduler(spec):

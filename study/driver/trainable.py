@@ -63,14 +63,14 @@ def _reporter(extra: dict, progress: dict):
     return report
 
 
-def report_failure(error: Exception, epoch: int) -> None:
+def report_failure(error: Exception, epoch: int, message: str | None = None) -> None:
     """End the trial as `error` with its cause instead of raising.
 
     A raised exception makes Tune retry the trial as if its node had died; bad data, a bad config or a bug fail
     the same way every time, so the retries would only triple the cost and bury the cause. Every metric is
     present (NaN) because searchers and schedulers expect their keys in every result.
     """
-    message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    message = (message or f"{type(error).__name__}: {error}").splitlines()[0][:300]
     tune.report({**{name: math.nan for name in TRAIN_METRICS + VALIDATION_METRICS + SAMPLE_METRICS},
                  "epoch": epoch, "status": STATUS_ERROR, ERROR_KEY: message})
 
@@ -147,6 +147,8 @@ def _download_whole(checkpoint, folder: str) -> bool:
 def run_trial(params: dict, spec, inputs=None) -> None:
     """Ray Tune function trainable: one TrialConfig from the study spec and the sampled params, trained on the data
     and measured by the classifier the driver shipped (`inputs`, cvae.train.TrialInputs)."""
+    if spec.fuse > 1:  # a member of its shape's fused program (the trial keeps its name, run_trial_...)
+        return run_member(params, spec, inputs)
     progress = {"epoch": 0}
     quiet_library_logs()
     scratch = tempfile.mkdtemp(prefix="cvae-trial-")
@@ -160,5 +162,42 @@ def run_trial(params: dict, spec, inputs=None) -> None:
         if is_disk_full(error):  # not the trial's fault: Tune sees the failure and the driver stops the study
             raise
         report_failure(error, progress["epoch"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_member(params: dict, spec, inputs=None) -> None:
+    """Ray Tune function trainable of a fused study: the trial's configuration trained as a member of its shape's
+    program; each epoch's metrics and checkpoint come back and are reported as run_trial's."""
+    from study.driver.fused_groups import MemberFailure, join_program, pack_folder, unpack_folder
+
+    progress = {"epoch": 0}
+    scratch = tempfile.mkdtemp(prefix="cvae-member-")
+    try:
+        config = spec.trial_config(params)
+        report = _reporter({}, progress)
+        restored = tune.get_checkpoint()
+        folder = None if restored is None else download_whole_checkpoint(restored, os.path.join(scratch, "restored"))
+        trial_id = tune.get_context().get_trial_id()
+        program, ended = join_program(spec, config, trial_id, pack_folder(folder) if folder else None, inputs)
+        previous = None
+        while not ended:
+            answer = ray.get(program.next_epoch.remote(trial_id))
+            if "error" in answer:
+                raise MemberFailure(answer["error"])
+            if answer.get("left"):
+                return
+            metrics, ended = answer["metrics"], answer["ended"]
+            if answer["checkpoint"] is not None:
+                metrics[CHECKPOINT_KEY] = unpack_folder(answer["checkpoint"],
+                                                        os.path.join(scratch, f"epoch_{metrics['epoch']:04d}"))
+            report(metrics)
+            if previous:
+                shutil.rmtree(previous, ignore_errors=True)
+            previous = metrics.get(CHECKPOINT_KEY)
+    except ray.exceptions.RayActorError:  # its program's process died: Tune retries the trial from its checkpoint
+        raise
+    except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
+        report_failure(error, progress["epoch"], str(error) if isinstance(error, MemberFailure) else None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -21,9 +21,15 @@ TRIAL_FOLDER_PREFIX = "run_trial_"  # Tune names a trial's folder run_trial_<tri
 
 def make_trainable(spec, trainable=run_trial, inputs=None):
     """The trial function with its spec, the driver's data and classifier (`inputs`, put once into Ray's object
-    store, fetched by each node) and its resources (benchmarks/study_scale.py passes a trivial trainable)."""
+    store, fetched by each node) and its resources (benchmarks/study_scale.py passes a trivial trainable). A fused
+    study's trial is a member of a program actor that holds the resources (study/driver/fused_groups.py)."""
     extra = {"inputs": inputs} if inputs is not None else {}
-    return tune.with_resources(tune.with_parameters(trainable, spec=spec, **extra), {"cpu": spec.cpu, "gpu": spec.gpu})
+    resources = {"cpu": spec.cpu, "gpu": spec.gpu}
+    if spec.fuse > 1 and trainable is run_trial:  # run_trial hands the trial to its program
+        from study.driver.fused_groups import MEMBER_CPU
+
+        resources = {"cpu": MEMBER_CPU}
+    return tune.with_resources(tune.with_parameters(trainable, spec=spec, **extra), resources)
 
 
 def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str | None = None,
@@ -40,7 +46,7 @@ def build_tuner(spec, storage_path: str, results_dir: Path, optuna_storage: str 
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=1 if spec.algorithm == "grid" else spec.num_samples,
-            max_concurrent_trials=spec.max_concurrent if spec.algorithm == "grid" else None,
+            max_concurrent_trials=spec.concurrent_trials if spec.algorithm == "grid" else None,
             # Reuse keeps TensorFlow imported and the classifier loaded between trials, but not under ASHA:
             # a pruned trial's thread is mid-epoch, Tune's reset gives up after 2 s, the next trial errors
             # before it starts and the ConcurrencyLimiter never frees its slot (the study hangs).

@@ -31,7 +31,7 @@ SECTION_KEYS = {
     "objective": ("metric", "mode"),
     "search": ("algorithm", "sampler", "seed", "num_samples", "max_concurrent", "repeats", "first_seed"),
     "scheduler": ("type", "max_epochs", "grace_period", "reduction_factor"),
-    "resources": ("cpu", "gpu"),
+    "resources": ("cpu", "gpu", "fuse"),
 }
 PARAMETER_KEYS = ("distribution", "low", "high", "log", "values", "step")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name on every OS, never '.', '..' or ''
@@ -40,18 +40,19 @@ MAX_TRIALS = 10_000  # num_samples, and grid points x repeats
 MAX_REPEATS = 1_000
 MAX_SEED = 2**31 - 1
 MAX_CONCURRENT = 1_024
+MAX_FUSE = 64  # members of one fused program (benchmarks/README.md measures up to 16)
 MAX_VALUES = 1_000  # categorical values of one parameter
 MAX_TEXT = 2_000  # characters of the description
 # The whole-number settings of a study and their ranges: study-file keys and run.py's flags alike are checked here.
 LIMITS = {"seed": (0, 2**32 - 1), "num_samples": (1, MAX_TRIALS), "max_concurrent": (1, MAX_CONCURRENT),
           "repeats": (1, MAX_REPEATS), "first_seed": (0, MAX_SEED), "grace_period": (1, MAX_EPOCHS),
-          "reduction_factor": (2, 100), "max_epochs": (1, MAX_EPOCHS)}
+          "reduction_factor": (2, 100), "max_epochs": (1, MAX_EPOCHS), "fuse": (1, MAX_FUSE)}
 # Where each section key of a study file goes in StudySpec (its defaults are written there, once).
 SECTION_FIELDS = {
     "search": {key: key for key in SECTION_KEYS["search"]},
     "scheduler": {"type": "scheduler", "max_epochs": "max_epochs", "grace_period": "grace_period",
                   "reduction_factor": "reduction_factor"},
-    "resources": {"cpu": "cpu", "gpu": "gpu"},
+    "resources": {"cpu": "cpu", "gpu": "gpu", "fuse": "fuse"},
 }
 
 
@@ -162,8 +163,9 @@ class StudySpec:
     max_epochs: int | None = None
     grace_period: int = 1
     reduction_factor: int = 3
-    cpu: float = 1  # cores per trial (fractions share a core)
+    cpu: float = 1  # cores per trial (fractions share a core); with fuse > 1, per fused program
     gpu: float = 0
+    fuse: int = 1  # trials of one shape trained as one JAX program (cvae/fused.py); 1: each trial on its own (TensorFlow)
     allow_weak_classifier: bool = False  # run even when the reference classifier misses its accuracy bar
 
     @property
@@ -188,6 +190,11 @@ class StudySpec:
         spec = dataclasses.replace(self, fixed={**self.fixed, **fixed_changes}, **changes)
         _check_semantics(spec, spec.path)
         return spec
+
+    @property
+    def concurrent_trials(self) -> int:
+        """Trials running at once: max_concurrent programs of `fuse` members each (one trial each when not fused)."""
+        return self.max_concurrent * self.fuse
 
     @property
     def planned_trials(self) -> int:

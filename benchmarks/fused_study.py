@@ -1,0 +1,83 @@
+"""A whole study fused and not: grey_loss through study/run.py with --fuse 1 (TensorFlow trials) and --fuse K (JAX
+programs of K trials), on the same data, trials and machine; prints wall time, what the search ran and its best
+trial's test fid (benchmarks/README.md, section 9).
+
+Both runs use the whole machine: --fuse 1 runs --max-concurrent trials of --cpus CPUs / --cpus-per-program; the fused
+run, one program per shape with all of it. Optuna's TPE sees the same trials either way; fused, it proposes the
+shape parameter (latent_dim) in blocks that fill a program (docs/design.md, section 7), which the distinct-values
+column shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_study(folder: Path, fuse: int, args) -> dict:
+    name = f"grey_loss_fuse{fuse}"
+    command = [sys.executable, "study/run.py", "--space", "grey_loss.yaml", "--name", name, "--results-dir",
+               str(folder), "--dataset", args.dataset, "--max-train-samples", str(args.max_train_samples),
+               "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs), "--fuse", str(fuse)]
+    if fuse == 1:
+        command += ["--max-concurrent", str(args.max_concurrent), "--cpus-per-trial", str(args.cpus_per_trial)]
+    else:
+        command += ["--max-concurrent", "1", "--cpus-per-trial", str(args.cpus_per_program)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"study {name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    trials = pd.read_csv(folder / name / "trials.csv")
+    epochs = pd.read_csv(folder / name / "epochs.csv")
+    best = re.search(r"best trial (\w+)", result.stdout).group(1)
+    return {"fuse": fuse, "wall": wall, "trials": trials, "epochs": epochs, "best": best,
+            "tune_wall": float(re.search(r"finished in (\d+) s", result.stdout).group(1))}
+
+
+def line(run: dict) -> str:
+    trials, epochs = run["trials"], run["epochs"]
+    best = trials.set_index("trial_id").loc[run["best"]]
+    counts = trials["status"].value_counts()
+    statuses = ", ".join(f"{counts[status]} {status}" for status in sorted(counts.index))
+    engine = "tensorflow trials" if run["fuse"] == 1 else f"jax programs of {run['fuse']}"
+    programs = f", {epochs['fused_group'].nunique()} program(s)" if "fused_group" in epochs else ""
+    return (f"fuse {run['fuse']:<2} ({engine}): wall {run['wall']:.0f} s, {len(trials)} trials ({statuses}), "
+            f"{len(epochs)} epochs{programs}, {trials['param_latent_dim'].nunique()} distinct latent_dim; best "
+            f"trial test_fid {best['test_fid']:.1f} (validation fid {best['fid']:.1f}, latent_dim "
+            f"{best['param_latent_dim']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fuse", type=int, default=8, help="members per program of the fused run")
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--dataset", default="mnist-5k")
+    parser.add_argument("--max-train-samples", type=int, default=512)
+    parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once without fusing")
+    parser.add_argument("--cpus-per-trial", type=float, default=1)
+    parser.add_argument("--cpus-per-program", type=float, default=os.cpu_count() or 1)
+    parser.add_argument("--only", type=int, choices=(0, 1), help="run only the unfused (0) or the fused (1) study")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cvae-fused-study-") as folder:
+        runs = [run_study(Path(folder), fuse, args) for index, fuse in enumerate((1, args.fuse))
+                if args.only in (None, index)]
+        print(f"grey_loss, {args.num_samples} trials, at most {args.max_epochs} epochs, {args.dataset} "
+              f"({args.max_train_samples} training images), {os.cpu_count()} CPUs")
+        for run in runs:
+            print(line(run))
+
+
+if __name__ == "__main__":
+    main()
