@@ -146,9 +146,10 @@ def test_samplers_are_seeded(sampler):
     assert first_points[0] == first_points[1]
 
 
-def test_a_fused_search_fills_each_programs_free_slots_with_its_shape():
-    """fuse 4 on grey_loss (latent_dim fixes a program's shape): the trials that follow one of a new shape take its
-    latent_dim until its program is full; a trial that ends frees a slot, and the next one takes its shape."""
+def test_a_fused_search_proposes_shapes_in_blocks_that_fill_a_program():
+    """fuse 4 on grey_loss (latent_dim fixes a program's shape): the three trials that follow one of a freely chosen
+    shape take its latent_dim (a program's four slots); a trial that ends frees a slot, and once a block is full
+    the next trial opens a new block rather than repeating the shape."""
     import optuna
 
     from study.driver.search import make_searcher
@@ -162,7 +163,11 @@ def test_a_fused_search_fills_each_programs_free_slots_with_its_shape():
     assert len(set(latent[:4])) == 1 and len(set(latent[4:])) == 1, latent  # the base point's program, then one more
     assert len({params["grey_weight"] for params in suggested}) == 8  # the other parameters are still searched
     searcher.on_trial_complete("5", {"fid": 1.0, "status": "completed"})
-    assert searcher.suggest("8")["latent_dim"] == latent[4]  # the freed slot's shape
+    searcher.on_trial_complete("6", {"fid": 1.0, "status": "completed"})
+    block = [searcher.suggest(str(index))["latent_dim"] for index in (8, 9)]
+    assert block[0] == block[1]  # the freed slots hold a new block: its first trial's shape, then the same
+    searcher.on_trial_complete("8", {"fid": 1.0, "status": "completed"})
+    assert searcher.suggest("10")["latent_dim"] == block[0]  # the block is not full until four trials took it
 
 
 def test_gp_sampler_without_torch_is_a_clear_error(tmp_path):

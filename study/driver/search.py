@@ -44,15 +44,17 @@ class StudySearch(OptunaSearch):
     it had trained fully; here it is PRUNED (Optuna keeps its per-epoch values), a diverged trial FAIL, and only
     a trial that ran all its epochs COMPLETE.
 
-    Fused (`fuse` > 1, and a searched parameter fixes a program's shape, e.g. latent_dim): while a running
-    program of some shape has a free slot, the next trial takes that shape and Optuna samples only the other
-    parameters; otherwise Optuna samples all, and the trial starts a program of its own shape.
+    Fused (`fuse` > 1, and a searched parameter fixes a program's shape, e.g. latent_dim): shapes come in blocks
+    of `fuse` trials. A trial whose shape Optuna chose freely opens a block; while a block of a running shape is
+    not full, the next trial takes that shape and Optuna samples only the other parameters. A full block's freed
+    slots are not refilled with its shape, so the search keeps proposing new shapes rather than one forever.
     """
 
     def __init__(self, *args, fuse: int = 1, shape_parameters: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.fuse, self.shape_parameters = fuse, tuple(shape_parameters)
         self.running_shapes: dict[str, tuple] = {}  # trial id -> its values of shape_parameters, while it runs
+        self.shape_counts: dict[tuple, int] = {}  # trials suggested so far with each shape
 
     def suggest(self, trial_id: str):
         steering = self.fuse > 1 and bool(self.shape_parameters)
@@ -60,15 +62,15 @@ class StudySearch(OptunaSearch):
             enqueue_partial(self, dict(zip(self.shape_parameters, shape)))
         params = super().suggest(trial_id)
         if steering and isinstance(params, dict):
-            self.running_shapes[trial_id] = tuple(params[name] for name in self.shape_parameters)
+            shape = self.running_shapes[trial_id] = tuple(params[name] for name in self.shape_parameters)
+            self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         return params
 
     def shape_with_free_slot(self) -> tuple | None:
-        """A shape whose running trials do not fill whole programs (members join the first program with room)."""
-        counts: dict[tuple, int] = {}
-        for shape in self.running_shapes.values():
-            counts[shape] = counts.get(shape, 0) + 1
-        return next((shape for shape, count in counts.items() if count % self.fuse), None)
+        """A running shape whose block of `fuse` trials is not full yet."""
+        running = set(self.running_shapes.values())
+        return next((shape for shape, count in self.shape_counts.items() if count % self.fuse and shape in running),
+                    None)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.running_shapes.pop(trial_id, None)
