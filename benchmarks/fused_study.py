@@ -2,10 +2,9 @@
 programs of K trials), on the same data, trials and machine; prints wall time, what the search ran and its best
 trial's test fid (benchmarks/README.md, section 9).
 
-Both runs use the whole machine: --fuse 1 runs --max-concurrent trials of --cpus CPUs / --cpus-per-program; the fused
-run, one program per shape with all of it. Optuna's TPE sees the same trials either way; fused, it proposes the
-shape parameter (latent_dim) in blocks that fill a program (docs/design.md, section 7), which the distinct-values
-column shows.
+Both runs take the machine alike: --max-concurrent trials of --cpus-per-trial CPUs unfused, as many programs of that
+size fused (each up to K trials). Optuna's TPE sees the same number of trials either way; fused, it proposes the
+shape parameter (latent_dim) in blocks of K (docs/design.md, section 7), which the distinct-values count shows.
 """
 
 from __future__ import annotations
@@ -28,11 +27,8 @@ def run_study(folder: Path, fuse: int, args) -> dict:
     name = f"grey_loss_fuse{fuse}"
     command = [sys.executable, "study/run.py", "--space", "grey_loss.yaml", "--name", name, "--results-dir",
                str(folder), "--dataset", args.dataset, "--max-train-samples", str(args.max_train_samples),
-               "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs), "--fuse", str(fuse)]
-    if fuse == 1:
-        command += ["--max-concurrent", str(args.max_concurrent), "--cpus-per-trial", str(args.cpus_per_trial)]
-    else:
-        command += ["--max-concurrent", "1", "--cpus-per-trial", str(args.cpus_per_program)]
+               "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs), "--fuse", str(fuse),
+               "--max-concurrent", str(args.max_concurrent), "--cpus-per-trial", str(args.cpus_per_trial)]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -64,10 +60,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--dataset", default="mnist-5k")
-    parser.add_argument("--max-train-samples", type=int, default=512)
-    parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once without fusing")
-    parser.add_argument("--cpus-per-trial", type=float, default=1)
-    parser.add_argument("--cpus-per-program", type=float, default=os.cpu_count() or 1)
+    parser.add_argument("--max-train-samples", type=int, default=256)
+    parser.add_argument("--max-concurrent", type=int, default=2, help="trials (unfused) or programs (fused) at once")
+    parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs of a trial (unfused) or program (fused)")
     parser.add_argument("--only", type=int, choices=(0, 1), help="run only the unfused (0) or the fused (1) study")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cvae-fused-study-") as folder:

@@ -84,6 +84,7 @@ BAD = [
     ("high: 3.0}", "high: 3.0, bins: 4}", "parameters.grey_weight: unknown key 'bins'"),
     ("gpu: 0}", "gpu: 0, fuse: 0}", "fuse must be an integer in [1, 64], got 0"),
     ("gpu: 0}", "gpu: 0, fuse: 2.5}", "fuse must be an integer in [1, 64], got 2.5"),
+    ("cpu: 1, gpu: 0}", "cpu: 0.5, gpu: 0, fuse: 32}", "cpu 0.5 is too little for fuse 32 (each member takes 0.01 CPU"),
 ]
 
 

@@ -17,10 +17,10 @@ from ray import tune
 from cvae.environment import KERAS_BACKEND_ENV, VERBOSE_ENV
 from cvae.fused import FUSED_BACKEND, FusedGroup, Member, shape_key
 from cvae.metrics import CHECKPOINT_KEY
+from study.spec.study_file import FUSED_MEMBER_CPU
 
 GROUP_PREFIX = "cvae-fused-"  # a program actor's name: GROUP_PREFIX + study + shape + index (Ray's named actors)
 NAMESPACE = "cvae-study"  # the program actors' Ray namespace: detached actors need a named one to be found again
-MEMBER_CPU = 0.01  # a member's own Tune trial only waits for its program: the program actor holds the study's cpu/gpu
 GATHER_SECONDS = 60.0  # how long a program waits for a member that has not asked for its next epoch (its worker died)
 EMPTY_SECONDS = 30.0  # a program with no members this long ends (its resources go to a program of another shape)
 FUSED_SLOT_KEY, FUSED_GROUP_KEY = "fused_slot", "fused_group"  # in each epoch's result: where the member trained
@@ -174,7 +174,8 @@ def join_program(spec, config, trial_id: str, checkpoint: bytes | None, inputs):
     while True:
         name = program_name(spec.name, config, index)
         actor = remote.options(
-            name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=spec.cpu, num_gpus=spec.gpu,
+            name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", num_gpus=spec.gpu,
+            num_cpus=spec.cpu - spec.fuse * FUSED_MEMBER_CPU,  # with its members' own, the study's cpu
             max_concurrency=spec.fuse + 4, scheduling_strategy="DEFAULT",  # not inside the member's placement group
             runtime_env={"env_vars": {KERAS_BACKEND_ENV: FUSED_BACKEND}},
         ).remote(spec.fuse, inputs, name, os.environ.get(VERBOSE_ENV) == "1")

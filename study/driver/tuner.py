@@ -13,6 +13,7 @@ from study.tables.records import STATUS_PENDING, STATUS_RUNNING, TrialRecord, tr
 from study.driver.adapters import run_config_of
 from study.driver.progress import StudyProgress, planned_epochs
 from study.driver.search import make_scheduler, make_searcher, param_space
+from study.spec.study_file import FUSED_MEMBER_CPU
 from study.store.storage import is_uri, remove_partial_files, tune_storage, uri_of
 from study.driver.trainable import run_trial
 
@@ -26,9 +27,7 @@ def make_trainable(spec, trainable=run_trial, inputs=None):
     extra = {"inputs": inputs} if inputs is not None else {}
     resources = {"cpu": spec.cpu, "gpu": spec.gpu}
     if spec.fuse > 1 and trainable is run_trial:  # run_trial hands the trial to its program
-        from study.driver.fused_groups import MEMBER_CPU
-
-        resources = {"cpu": MEMBER_CPU}
+        resources = {"cpu": FUSED_MEMBER_CPU}
     return tune.with_resources(tune.with_parameters(trainable, spec=spec, **extra), resources)
 
 

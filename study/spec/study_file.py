@@ -41,6 +41,9 @@ MAX_REPEATS = 1_000
 MAX_SEED = 2**31 - 1
 MAX_CONCURRENT = 1_024
 MAX_FUSE = 64  # members of one fused program (benchmarks/README.md measures up to 16)
+# A fused trial's own Tune actor only waits for its program, which holds the rest of `cpu`: a full program and its
+# members take `cpu` together, so as many programs fit as unfused trials would.
+FUSED_MEMBER_CPU = 0.01
 MAX_VALUES = 1_000  # categorical values of one parameter
 MAX_TEXT = 2_000  # characters of the description
 # The whole-number settings of a study and their ranges: study-file keys and run.py's flags alike are checked here.
@@ -499,6 +502,9 @@ def _check_semantics(spec: StudySpec, where: str) -> None:
     need(isinstance(spec.allow_weak_classifier, bool),
          f"allow_weak_classifier must be true or false, got {spec.allow_weak_classifier!r}")
     need(spec.cpu > 0, "resources: cpu must be > 0 (each trial runs TensorFlow on at least part of a core)")
+    need(spec.fuse == 1 or spec.cpu >= 2 * spec.fuse * FUSED_MEMBER_CPU,
+         f"resources: cpu {spec.cpu:g} is too little for fuse {spec.fuse} (each member takes {FUSED_MEMBER_CPU:g} CPU "
+         f"of its program's); give at least {2 * spec.fuse * FUSED_MEMBER_CPU:g}")
     if spec.algorithm == "grid":
         points = math.prod(len(p.values) for p in spec.parameters) * spec.repeats
         need(points <= MAX_TRIALS, f"search: the grid has {points} trials (values x repeats); at most {MAX_TRIALS}")
