@@ -36,7 +36,7 @@ def run_study(folder: Path, fuse: int, args) -> dict:
         raise SystemExit(f"study {name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     trials = pd.read_csv(folder / name / "trials.csv")
     epochs = pd.read_csv(folder / name / "epochs.csv")
-    best = re.search(r"best trial (\w+)", result.stdout).group(1)
+    best = re.search(r"^best trial (\w+) \(chosen", result.stdout, re.MULTILINE).group(1)  # the closing summary
     return {"fuse": fuse, "wall": wall, "trials": trials, "epochs": epochs, "best": best,
             "tune_wall": float(re.search(r"finished in (\d+) s", result.stdout).group(1))}
 
@@ -64,14 +64,14 @@ def main() -> None:
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials (unfused) or programs (fused) at once")
     parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs of a trial (unfused) or program (fused)")
     parser.add_argument("--only", type=int, choices=(0, 1), help="run only the unfused (0) or the fused (1) study")
+    parser.add_argument("--results-dir", help="where the two studies go (default: a new temporary folder, kept)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cvae-fused-study-") as folder:
-        runs = [run_study(Path(folder), fuse, args) for index, fuse in enumerate((1, args.fuse))
-                if args.only in (None, index)]
-        print(f"grey_loss, {args.num_samples} trials, at most {args.max_epochs} epochs, {args.dataset} "
-              f"({args.max_train_samples} training images), {os.cpu_count()} CPUs")
-        for run in runs:
-            print(line(run))
+    folder = Path(args.results_dir or tempfile.mkdtemp(prefix="cvae-fused-study-"))
+    runs = [run_study(folder, fuse, args) for index, fuse in enumerate((1, args.fuse)) if args.only in (None, index)]
+    print(f"grey_loss, {args.num_samples} trials, at most {args.max_epochs} epochs, {args.dataset} "
+          f"({args.max_train_samples} training images), {os.cpu_count()} CPUs; the studies: {folder}")
+    for run in runs:
+        print(line(run))
 
 
 if __name__ == "__main__":
