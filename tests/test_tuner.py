@@ -56,3 +56,27 @@ def test_the_study_line_names_a_pruned_best_and_a_better_running_trial_and_count
     line = study_status(SimpleNamespace(**{**vars(spec), "planned_trials": 5}), records, {"cut", "far"},
                         epochs_before=0, elapsed=55.0)
     assert line.endswith("; ETA ~55 s"), line
+
+
+def test_tunes_own_upload_race_is_kept_off_the_console_and_other_upload_failures_are_not():
+    """Seen beside the store outage: Tune's upload listed its state's temporary file just before Tune renamed it."""
+    import logging
+    import sys
+
+    from study.driver.ray_cluster import quiet_console
+
+    def record(error: Exception) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:  # noqa: BLE001
+            return logging.LogRecord("ray.tune.execution.experiment_state", logging.ERROR, __file__, 1,
+                                     "Saving experiment state to storage failed with exception: ", (),
+                                     sys.exc_info())
+
+    quiet_console()
+    logger = logging.getLogger("ray.tune.execution.experiment_state")
+    race = FileNotFoundError(2, "Failed to open local file '/tmp/ray/session_x/artifacts/t/outage/driver_artifacts/"
+                                ".d766d6d1-tmp-basic-variant-state-2026-12-07_13-39-34.json'")
+    assert not logger.filter(record(race))
+    assert logger.filter(record(FileNotFoundError(2, "Failed to open local file 'experiment_state.json'")))
+    assert logger.filter(record(OSError("When uploading part for key 'studies/outage/x': AWS Error NETWORK_CONNECTION")))
