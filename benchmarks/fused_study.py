@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.driver.fused_groups import FUSED_GROUP_KEY
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,7 +49,7 @@ def line(run: dict) -> str:
     counts = trials["status"].value_counts()
     statuses = ", ".join(f"{counts[status]} {status}" for status in sorted(counts.index))
     engine = "tensorflow trials" if run["fuse"] == 1 else f"jax programs of {run['fuse']}"
-    programs = f", {epochs['fused_group'].nunique()} program(s)" if "fused_group" in epochs else ""
+    programs = f", {epochs[FUSED_GROUP_KEY].nunique()} program(s)" if FUSED_GROUP_KEY in epochs else ""
     return (f"fuse {run['fuse']:<2} ({engine}): wall {run['wall']:.0f} s, {len(trials)} trials ({statuses}), "
             f"{len(epochs)} epochs{programs}, {trials['param_latent_dim'].nunique()} distinct latent_dim; best "
             f"trial test_fid {best['test_fid']:.1f} (validation fid {best['fid']:.1f}, latent_dim "

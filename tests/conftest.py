@@ -75,22 +75,24 @@ def studies_at_once():
     import tempfile
 
     def run(*jobs, timeout=900):
-        running = []
-        for space, results in jobs:
-            stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-            command = [sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(results)]
-            running.append((subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, text=True), stdout,
-                            stderr))
-        done = []
-        for process, stdout, stderr in running:
-            try:
+        running, done = [], []
+        try:
+            for space, results in jobs:
+                stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+                command = [sys.executable, "study/run.py", "--space", str(space), "--results-dir", str(results)]
+                running.append((subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, text=True), stdout,
+                                stderr))
+            for process, stdout, stderr in running:
                 returncode = process.wait(timeout=timeout)
-            finally:
+                stdout.seek(0), stderr.seek(0)
+                done.append(subprocess.CompletedProcess(process.args, returncode, stdout.read(), stderr.read()))
+            return done
+        finally:  # a driver that outlived its time, or the others when one did: none is left running
+            for process, stdout, stderr in running:
                 if process.poll() is None:
                     process.kill()
-            stdout.seek(0), stderr.seek(0)
-            done.append(subprocess.CompletedProcess(process.args, returncode, stdout.read(), stderr.read()))
-        return done
+                    process.wait()
+                stdout.close(), stderr.close()
     return run
 
 

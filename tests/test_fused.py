@@ -162,6 +162,8 @@ def test_an_asha_study_fuses_its_trials_and_prunes_them_one_by_one(tmp_path, wri
     own in the tables (status, epochs once each, its own checkpoint), and a trial that ASHA stopped or that ended
     frees its slot for the fifth. Which trials ASHA prunes depends on the order the members' first epochs reach
     it, so pruning is not asserted; what a pruned trial must look like is."""
+    from study.driver.fused_groups import FUSED_GROUP_KEY, FUSED_SLOT_KEY
+
     space = write_space(tmp_path, "fused", """
         name: fused
         base: model_4
@@ -186,7 +188,7 @@ def test_an_asha_study_fuses_its_trials_and_prunes_them_one_by_one(tmp_path, wri
     assert not epochs.duplicated(["trial_id", "epoch"]).any()  # every epoch once
     last = epochs.groupby("trial_id")["epoch"].max()
     assert (last.reindex(trials["trial_id"]).to_numpy() == trials["epochs_run"].to_numpy()).all()
-    assert epochs["fused_group"].nunique() == 1 and set(epochs["fused_slot"]) <= {0, 1, 2, 3}
-    held = epochs.groupby("fused_slot")["trial_id"].nunique()
+    assert epochs[FUSED_GROUP_KEY].nunique() == 1 and set(epochs[FUSED_SLOT_KEY]) <= {0, 1, 2, 3}
+    held = epochs.groupby(FUSED_SLOT_KEY)["trial_id"].nunique()
     assert held.max() >= 2, held  # five trials through four slots: one slot was refilled
     assert trials["checkpoint"].notna().all()  # each its own
