@@ -170,8 +170,9 @@ def watch_store(study: Study):
 def make_tuner(request: RunRequest, study: Study, inputs, mirror, trackers: tuple, rebuild_tuner_state: bool):
     """A new study's Tuner, or a resumed one's restored; both hand every trial `inputs` (the driver's data and
     classifier)."""
-    from study.store.storage import TUNER_STATE
+    from study.driver.adapters import point_trials_at_kept_checkpoints
     from study.driver.tuner import build_tuner, restore_tuner
+    from study.store.storage import TUNER_STATE, tune_storage
 
     spec, folder = study.spec, study.folder
     if not request.resume:
@@ -182,6 +183,8 @@ def make_tuner(request: RunRequest, study: Study, inputs, mirror, trackers: tupl
         print(f"note: Tune's {TUNER_STATE} was cut short by a killed driver; rebuilt from the study file", flush=True)
         build_tuner(spec, study.storage, folder, request.optuna_storage, request.reuse_actors, (),
                     request.keep_checkpoints)
+    for line in point_trials_at_kept_checkpoints(*tune_storage(study.experiment)):
+        print(f"note: {line} (the driver was killed as Tune replaced it)", flush=True)
     return restore_tuner(spec, study.experiment, folder, trackers, inputs, mirror)
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the subprocess runs from
@@ -154,41 +153,3 @@ def test_fused_command_trains_each_seed_into_its_own_run_folder(tiny_config, tmp
                            env={**environment, "KERAS_BACKEND": "tensorflow"}, timeout=120)
     assert other.returncode == 2 and other.stderr == \
         "error: fused training runs on KERAS_BACKEND=jax, not tensorflow: unset it\n"
-
-
-@pytest.mark.slow
-def test_an_asha_study_fuses_its_trials_and_prunes_them_one_by_one(tmp_path, write_space, study_cli, noise_in):
-    """`fuse: 4`: five Optuna trials of one shape, four at a time in one JAX program actor; each is a trial of its
-    own in the tables (status, epochs once each, its own checkpoint), and a trial that ASHA stopped or that ended
-    frees its slot for the fifth. Which trials ASHA prunes depends on the order the members' first epochs reach
-    it, so pruning is not asserted; what a pruned trial must look like is."""
-    from study.driver.fused_groups import FUSED_GROUP_KEY, FUSED_SLOT_KEY
-
-    space = write_space(tmp_path, "fused", """
-        name: fused
-        base: model_4
-        fixed: {dataset: mnist-5k, max_train_samples: 128, eval_samples: 256, cas_samples: 0, sweep_latents: 1, width: 0.25, latent_dim: 4}
-        parameters:
-          grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
-          learning_rate: {distribution: log_uniform, low: 0.0003, high: 0.003}
-        search: {algorithm: optuna, sampler: random, seed: 2, num_samples: 5, max_concurrent: 1}
-        scheduler: {type: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
-        resources: {cpu: 1, fuse: 4}
-    """)
-    environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
-    done = study_cli("--space", space, results=tmp_path, env=environment, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "per fused program of up to 4 trials (JAX), up to 1 program at once" in done.stdout
-    assert not noise_in(done.stdout + done.stderr), noise_in(done.stdout + done.stderr)  # the project's lines only
-    trials = pd.read_csv(tmp_path / "fused" / "trials.csv")
-    epochs = pd.read_csv(tmp_path / "fused" / "epochs.csv")
-    assert len(trials) == 5 and set(trials["status"]) <= {"completed", "pruned"}, trials[["trial_id", "status"]]
-    assert (trials.loc[trials["status"] == "completed", "epochs_run"] == 2).all()
-    assert (trials.loc[trials["status"] == "pruned", "epochs_run"] < 2).all()
-    assert not epochs.duplicated(["trial_id", "epoch"]).any()  # every epoch once
-    last = epochs.groupby("trial_id")["epoch"].max()
-    assert (last.reindex(trials["trial_id"]).to_numpy() == trials["epochs_run"].to_numpy()).all()
-    assert epochs[FUSED_GROUP_KEY].nunique() == 1 and set(epochs[FUSED_SLOT_KEY]) <= {0, 1, 2, 3}
-    held = epochs.groupby(FUSED_SLOT_KEY)["trial_id"].nunique()
-    assert held.max() >= 2, held  # five trials through four slots: one slot was refilled
-    assert trials["checkpoint"].notna().all()  # each its own

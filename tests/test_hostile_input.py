@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
-pytestmark = pytest.mark.slow  # hundreds of subprocesses (each command's own start-up)
+# slow: hundreds of subprocesses (each command's own start-up); under `-n 2 --dist loadgroup` one worker runs
+# the whole module, so its module fixtures run once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile_input")]
 
 
 GOOD = textwrap.dedent("""\

@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
-pytestmark = pytest.mark.slow  # hundreds of subprocesses (each command's own start-up)
+# slow: hundreds of subprocesses (each command's own start-up); under `-n 2 --dist loadgroup` one worker runs
+# the whole module, so its module fixtures run once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile_results")]
 
 
 BASE = REPO / "results" / "reference" / "grey_warmup"  # a real study's tables, details and samples (no checkpoints)

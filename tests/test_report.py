@@ -12,7 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]  # the checkout the commands run from
 
 
-pytestmark = pytest.mark.slow
+# slow; under `-n 2 --dist loadgroup` one worker runs the whole module, so its module fixtures run once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report")]
 
 
 @pytest.fixture(scope="module")

@@ -548,14 +548,15 @@ def test_a_reused_workers_retracing_warning_stays_off_the_console_unless_verbose
     assert ("triggered tf.function retracing" in done.stdout + done.stderr) == (verbose == "1")
 
 
-def _trial_workers(session: int) -> list:
-    """The trial worker processes (Ray's `ray::ImplicitFunc`) that a driver started in its own session."""
+def _trial_workers(session: int, title: str = "ray::ImplicitFunc") -> list:
+    """The trial worker processes (Ray's `ray::ImplicitFunc`; with `title`, other Ray workers: a fused program's is
+    `ray::ProgramActor`) that a driver started in its own session."""
     import psutil
 
     workers = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if (process.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc") and os.getsid(process.pid) == session:
+            if (process.info["cmdline"] or [""])[0].startswith(title) and os.getsid(process.pid) == session:
                 workers.append(process)
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
@@ -631,6 +632,71 @@ def test_a_killed_trial_worker_is_retried_and_a_repeated_kill_ends_the_trial(tmp
     epochs = pd.read_csv(tmp_path / "killed" / "epochs.csv")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert sorted(epochs.loc[epochs["trial_id"] == once["trial_id"], "epoch"]) == [1, 2, 3, 4]  # resumed, not restarted
+
+
+def test_a_fused_asha_study_survives_its_program_killed_and_ctrl_c_then_resume(tmp_path, write_space, study_cli,
+                                                                              noise_in):
+    """`fuse: 4`: six Optuna trials of one shape, four at a time in one JAX program actor; each is a trial of its
+    own in the tables (status, epochs once each, its own checkpoint), and a trial that ASHA stopped or that ended
+    frees its slot for the next. The program's process is SIGKILLed after its first epoch: its members are retried
+    from their checkpoints into a new program, and say why; then Ctrl-C and --resume re-form the program. Which
+    trials ASHA prunes depends on the order the members' epochs reach it, so pruning is not asserted; what a
+    pruned trial must look like is."""
+    from study.driver.fused_groups import FUSED_GROUP_KEY, FUSED_SLOT_KEY, GROUP_PREFIX
+
+    space = write_space(tmp_path, "fused", """
+        name: fused
+        base: model_4
+        fixed: {dataset: mnist-5k, max_train_samples: 128, eval_samples: 256, cas_samples: 0, sweep_latents: 1, width: 0.25, latent_dim: 4}
+        parameters:
+          grey_weight: {distribution: log_uniform, low: 0.05, high: 1.0}
+          learning_rate: {distribution: log_uniform, low: 0.0003, high: 0.003}
+        search: {algorithm: optuna, sampler: random, seed: 2, num_samples: 6, max_concurrent: 1}
+        scheduler: {type: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
+        resources: {cpu: 1, fuse: 4}
+    """)
+    environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    log = tmp_path / "first.log"
+    driver = _start(space, tmp_path, log.name, env=environment)
+    try:
+        _wait_for(lambda: True if _printed_epochs(log) else None, 400, "the program's first epoch")
+        programs = _trial_workers(driver.pid, "ray::ProgramActor")
+        assert len(programs) == 1, programs
+        programs[0].kill()
+        retried = re.compile(r"fused program killed \(signal 9; out of memory\?\); retrying from its last checkpoint"
+                             r"(.|\n)*\] \w+ epoch ")  # ...and a member trained on in the new program
+        _wait_for(lambda: True if retried.search(log.read_text()) else None, 400, "an epoch after the retry")
+        os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, log.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    first = log.read_text()
+    assert "per fused program of up to 4 trials (JAX), up to 1 program at once" in first
+    assert not noise_in(first) and "(raylet)" not in first, first[-4000:]  # the study's lines only, the kill's too
+    resumed = study_cli("--space", space, "--resume", results=tmp_path, env=environment, timeout=900)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert not noise_in(resumed.stdout + resumed.stderr), noise_in(resumed.stdout + resumed.stderr)
+
+    trials = pd.read_csv(tmp_path / "fused" / "trials.csv")
+    epochs = pd.read_csv(tmp_path / "fused" / "epochs.csv")
+    assert len(trials) == 6 and set(trials["status"]) <= {"completed", "pruned"}, trials[["trial_id", "status"]]
+    assert (trials.loc[trials["status"] == "completed", "epochs_run"] == 2).all()
+    assert (trials.loc[trials["status"] == "pruned", "epochs_run"] < 2).all()
+    assert trials["retries"].fillna("").str.startswith("fused program killed (signal 9; out of memory?) after "
+                                                       "epoch").any(), trials["retries"]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()  # every epoch once, through the kill and the resume
+    last = epochs.groupby("trial_id")["epoch"].max()
+    assert (last.reindex(trials["trial_id"]).to_numpy() == trials["epochs_run"].to_numpy()).all()
+    printed = _printed_epochs(log) | {(trial, int(epoch)) for trial, epoch in EPOCH_LINE.findall(resumed.stdout)}
+    assert printed <= set(zip(epochs["trial_id"], epochs["epoch"]))  # every epoch a user saw is in the table
+    assert epochs[FUSED_GROUP_KEY].str.startswith(f"{GROUP_PREFIX}fused-").all()
+    assert set(epochs[FUSED_SLOT_KEY]) <= {0, 1, 2, 3}
+    held = epochs.groupby(FUSED_SLOT_KEY)["trial_id"].nunique()
+    assert held.max() >= 2, held  # six trials through four slots: a slot was refilled
+    assert trials["checkpoint"].notna().all()  # each its own
+    assert not _trial_workers(driver.pid, "ray::ProgramActor")  # the first driver's program ended with its Ray
 
 
 def test_a_full_disk_stops_the_study_in_one_line_and_resume_continues(tmp_path, study_cli, write_space, tiny_fixed,

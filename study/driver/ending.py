@@ -55,9 +55,9 @@ def mark_interrupted(results_dir: Path) -> str:
     return ""
 
 
-def report_disk(study, records) -> None:
+def report_disk(study, records, strip: bool = True) -> None:
     """Ended trials keep weights only (their optimizer state is two thirds of a checkpoint and can never be used
-    again); then print what the study's checkpoints take on disk."""
+    again) when `strip`; then print what the study's checkpoints take on disk."""
     from study.tables.records import ENDED, trial_status
     from study.tables.table_files import resolve_path
     from study.store.storage import display, exists, folder_bytes, kept_checkpoints, strip_training_state_at
@@ -67,7 +67,7 @@ def report_disk(study, records) -> None:
         return
     freed = 0
     for record in records:
-        if record.checkpoint and trial_status(record) in ENDED:
+        if strip and record.checkpoint and trial_status(record) in ENDED:
             for checkpoint in kept_checkpoints(str(resolve_path(results_dir, record.checkpoint))):
                 freed += strip_training_state_at(checkpoint)
     print(f"disk: {folder_bytes(experiment) / 1e6:.0f} MB of checkpoints and logs in {display(experiment)}"
@@ -122,14 +122,17 @@ def end_run(study, grid, mirror, trackers: tuple, seconds: float, space: str) ->
     if mirror:
         mirror.snapshot()
     remove_orphan_folders(study.experiment, set(trials["trial_id"]) if len(trials) else set())
-    report_disk(study, records)
+    note = incomplete_note(trials, study.spec.to_dict(), space)
+    # A stopped run strips nothing: a trial whose last epoch was reported as the stop came reads completed here but
+    # is unfinished to Tune, which resumes it from that checkpoint (a weights-only one would end it in error). The
+    # run that finishes strips every ended trial's.
+    report_disk(study, records, strip=not note)
     from study.store.patient_store import OUTAGES
 
     if outage := OUTAGES.summary():  # the store went away and came back: said once, with how long
         print(outage, flush=True)
     for tracker in trackers:
         tracker.finish(records, study.folder)
-    note = incomplete_note(trials, study.spec.to_dict(), space)
     if note:  # e.g. Ctrl-C: Tune saved its state, the tables hold everything measured so far
         print(f"stopped after {seconds:.0f} s; {note}", flush=True)
     else:

@@ -45,6 +45,11 @@ class MemberFailure(Exception):
     """What ended a member inside its program ("ValueError: ..."), reported as the trial's error."""
 
 
+class ProgramLost(RuntimeError):
+    """A member's program actor died (its process killed, its node lost): raised out of the trial, so Tune retries
+    it from its checkpoint into a new program. Its message begins with adapters.PROGRAM_LOST."""
+
+
 class ProgramActor:
     """One fused program on one node (a threaded Ray actor): members join, ask for each epoch, and leave.
 

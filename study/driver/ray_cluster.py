@@ -162,8 +162,11 @@ class HideTunesOwnUploadRace(logging.Filter):
 
 
 def quiet_console() -> None:
-    """Keep Tune's repeats, its own upload race and Optuna's study-creation line off the study's console (not with
-    --verbose)."""
+    """Keep Tune's repeats, its own upload race, the raylet's dead-worker notice and Optuna's study-creation line
+    off the study's console (not with --verbose)."""
+    from study.driver.adapters import hide_worker_death_notices
+
+    hide_worker_death_notices()
     logging.getLogger("ray.tune.tune").addFilter(HideTunesRepeats())
     logging.getLogger("ray.tune.execution.experiment_state").addFilter(HideTunesOwnUploadRace())
     import optuna

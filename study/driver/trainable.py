@@ -18,6 +18,7 @@ from cvae.environment import VERBOSE_ENV
 from cvae.runtime import native_stderr_to
 from cvae.metrics import CHECKPOINT_KEY, SAMPLE_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 from cvae.train import train
+from study.driver.adapters import PROGRAM_LOST
 from study.tables.records import ERROR_KEY, STATUS_ERROR
 from study.store.storage import checkpoints_beside, is_disk_full
 
@@ -169,7 +170,7 @@ def run_trial(params: dict, spec, inputs=None) -> None:
 def run_member(params: dict, spec, inputs=None) -> None:
     """Ray Tune function trainable of a fused study: the trial's configuration trained as a member of its shape's
     program; each epoch's metrics and checkpoint come back and are reported as run_trial's."""
-    from study.driver.fused_groups import MemberFailure, join_program, pack_folder, unpack_folder
+    from study.driver.fused_groups import MemberFailure, ProgramLost, join_program, pack_folder, unpack_folder
 
     progress = {"epoch": 0}
     scratch = tempfile.mkdtemp(prefix="cvae-member-")
@@ -195,8 +196,8 @@ def run_member(params: dict, spec, inputs=None) -> None:
             if previous:
                 shutil.rmtree(previous, ignore_errors=True)
             previous = metrics.get(CHECKPOINT_KEY)
-    except ray.exceptions.RayActorError:  # its program's process died: Tune retries the trial from its checkpoint
-        raise
+    except ray.exceptions.RayActorError as error:  # its program died: Tune retries the trial from its checkpoint
+        raise ProgramLost(f"{PROGRAM_LOST}: {error}") from None
     except Exception as error:  # noqa: BLE001 (every deterministic failure ends the trial, named)
         report_failure(error, progress["epoch"], str(error) if isinstance(error, MemberFailure) else None)
     finally:
