@@ -80,3 +80,28 @@ def test_tunes_own_upload_race_is_kept_off_the_console_and_other_upload_failures
     assert not logger.filter(record(race))
     assert logger.filter(record(FileNotFoundError(2, "Failed to open local file 'experiment_state.json'")))
     assert logger.filter(record(OSError("When uploading part for key 'studies/outage/x': AWS Error NETWORK_CONNECTION")))
+
+
+def test_optunas_repeated_epoch_warning_is_kept_off_the_console_after_quiet_console():
+    """A trial that runs an epoch again after a resume reports its step to Optuna again: Optuna warns (seen in CI's
+    fused fault test); the study keeps that warning off its console, and only that one."""
+    import warnings
+
+    import optuna
+
+    from study.driver.ray_cluster import quiet_console
+
+    def report_twice():
+        trial = optuna.create_study().ask()
+        with warnings.catch_warnings(record=True) as caught:  # the filters in force, the warnings recorded
+            trial.report(1.0, 1)
+            trial.report(2.0, 1)
+            warnings.warn("another warning", UserWarning)
+        return [str(warning.message) for warning in caught]
+
+    before = report_twice()
+    assert any("is already reported" in message for message in before), before
+    with warnings.catch_warnings():
+        quiet_console()
+        after = report_twice()
+    assert not any("is already reported" in message for message in after) and "another warning" in after, after

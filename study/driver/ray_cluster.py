@@ -161,9 +161,17 @@ class HideTunesOwnUploadRace(logging.Filter):
         return not (isinstance(error, FileNotFoundError) and "-tmp-" in str(error))
 
 
+# Optuna's warning when a trial reports an epoch (Tune's training_iteration) it reported before: after a resume, a
+# trial whose newest epoch was printed but not yet checkpointed when the driver stopped runs that epoch again (the
+# tables keep the new row); Optuna keeps the first value, and the schedulers read Tune's results, not Optuna's.
+OPTUNA_REPEATED_STEP = r"The reported value is ignored because this `step=\d+` is already reported"
+
+
 def quiet_console() -> None:
-    """Keep Tune's repeats, its own upload race, the raylet's dead-worker notice and Optuna's study-creation line
-    off the study's console (not with --verbose)."""
+    """Keep Tune's repeats, its own upload race, the raylet's dead-worker notice, Optuna's study-creation line and
+    its repeated-epoch warning off the study's console (not with --verbose)."""
+    import warnings
+
     from study.driver.adapters import hide_worker_death_notices
 
     hide_worker_death_notices()
@@ -172,5 +180,6 @@ def quiet_console() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
+    warnings.filterwarnings("ignore", message=OPTUNA_REPEATED_STEP, category=UserWarning)
 
 
