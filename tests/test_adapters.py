@@ -116,6 +116,7 @@ def test_a_trial_whose_named_checkpoint_was_deleted_resumes_from_its_newest_whol
     """The window a killed driver can leave: Tune deleted the checkpoint its experiment state names (a newer one was
     registered) before that state was uploaded. The trial is pointed at the newer one and goes on from there;
     without the repair Tune's resume fails with "does not exist on storage anymore"."""
+    from cvae.checkpoint import STATE_FILE
     from study.driver.adapters import point_trials_at_kept_checkpoints
     from study.store.storage import tune_storage
 
@@ -156,9 +157,9 @@ def test_a_trial_whose_named_checkpoint_was_deleted_resumes_from_its_newest_whol
         assert sorted(p.name for p in trial_folder.glob("checkpoint_*")) == ["checkpoint_000001"]  # epoch 2's
         # as if epoch 3's checkpoint had been registered (epoch 2's deleted) and the driver killed before the upload
         shutil.copytree(trial_folder / "checkpoint_000001", trial_folder / "checkpoint_000002")
-        (trial_folder / "checkpoint_000002" / "state.json").write_text('{"epoch": 3}')
+        (trial_folder / "checkpoint_000002" / STATE_FILE).write_text('{"epoch": 3}')
         shutil.copytree(trial_folder / "checkpoint_000001", trial_folder / "checkpoint_000003")  # one cut short:
-        (trial_folder / "checkpoint_000003" / "state.json").unlink()  # a killed worker's upload, not whole
+        (trial_folder / "checkpoint_000003" / STATE_FILE).unlink()  # a killed worker's upload, not whole
         shutil.rmtree(trial_folder / "checkpoint_000001")
 
         experiment_path, filesystem = tune_storage(str(experiment))
