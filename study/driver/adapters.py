@@ -124,6 +124,7 @@ def point_trials_at_kept_checkpoints(experiment: str, filesystem) -> list[str]:
     import json
 
     import cloudpickle
+    import pyarrow.fs
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
@@ -147,7 +148,7 @@ def point_trials_at_kept_checkpoints(experiment: str, filesystem) -> list[str]:
             continue
         folder = f"{experiment.rstrip('/')}/{trial['relative_logdir']}"  # where it is now (the study may have moved)
         named = Path(latest.checkpoint.path).name
-        if _is_file_or_folder(filesystem, f"{folder}/{named}"):
+        if filesystem.get_file_info(f"{folder}/{named}").type != pyarrow.fs.FileType.NotFound:
             continue
         kept = _newest_whole_checkpoint(filesystem, folder, after=named, needs=RESUME_FILES)
         if kept is None:
@@ -172,20 +173,16 @@ def point_trials_at_kept_checkpoints(experiment: str, filesystem) -> list[str]:
     return changed
 
 
-def _is_file_or_folder(filesystem, path: str) -> bool:
-    import pyarrow.fs
-
-    return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
 def _newest_whole_checkpoint(filesystem, folder: str, after: str, needs: tuple) -> str | None:
     """The name of the newest checkpoint_NNNNNN folder in `folder` newer than `after` holding every file of
     `needs` (one a killed worker was still uploading is not), or None."""
     import pyarrow.fs
 
-    names = [info.base_name for info in filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
-             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
-    for name in sorted((name for name in names if name > after), reverse=True):
+    from study.store.storage import checkpoints_beside
+
+    for name in reversed(checkpoints_beside(filesystem, f"{folder}/{after}")):  # newest first
+        if name <= after:
+            return None
         inside = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{folder}/{name}", allow_not_found=True))
         if set(needs) <= {info.base_name for info in inside}:
             return name
